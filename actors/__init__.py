@@ -1,0 +1,1 @@
+"""baton's data plane as plain Python classes: router, specialists, monitor, audit."""

@@ -1,0 +1,285 @@
+"""The audit record of API.md §7: one row per request or operator action, buffered and
+written as Parquet under ``<storage>/audit/day=YYYY-MM-DD/``, read back with pyarrow.dataset.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import operator
+import posixpath
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from cluster.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+AUDIT_DIR = "audit"
+TS_TYPE = pa.timestamp("us", tz="UTC")
+AUDIT_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("ts", TS_TYPE, nullable=False),
+        pa.field("principal", pa.string()),
+        pa.field("endpoint", pa.string(), nullable=False),
+        pa.field("agent", pa.string()),
+        pa.field("version", pa.string()),
+        pa.field("routed_by", pa.string()),
+        pa.field("confidence", pa.float64()),
+        pa.field("status_code", pa.int32()),
+        pa.field("latency_ms", pa.float64()),
+        pa.field("input_sha256", pa.string()),
+        pa.field("input_chars", pa.int32()),
+        pa.field("input_text", pa.string()),
+        pa.field("output", pa.string()),
+        pa.field("error", pa.string()),
+    ]
+)
+REQUIRED_KEYS = frozenset({"request_id", "endpoint"})
+# Callers hand over the raw text; the input_* columns are derived from it so that
+# unredacted text can never reach the input_text column directly.
+ACCEPTED_KEYS = frozenset(AUDIT_SCHEMA.names) - {"input_sha256", "input_chars", "input_text"} | {"text"}
+
+
+def to_utc(value: float | int | str | datetime) -> datetime:
+    """An aware UTC datetime from epoch seconds, an ISO 8601 string or a datetime (naive = UTC)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, timezone.utc)
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if not isinstance(moment, datetime):
+        raise ValueError(f"expected epoch seconds, ISO 8601 or datetime, got {value!r}")
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def _status_code(value: Any) -> int | None:
+    # Arrow would silently truncate 200.5 to 200, so only true integers pass.
+    try:
+        return None if value is None else operator.index(value)
+    except TypeError as exc:
+        raise ValueError(f"audit field 'status_code' must be an integer, got {value!r}") from exc
+
+
+def _output_text(output: Any) -> str | None:
+    if output is None or isinstance(output, str):
+        return output
+    return json.dumps(output, sort_keys=True)
+
+
+def _to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    columns = []
+    for column in AUDIT_SCHEMA:
+        try:
+            columns.append(pa.array([row[column.name] for row in rows], type=column.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ValueError(f"audit field {column.name!r}: {exc}") from exc
+    return pa.Table.from_arrays(columns, schema=AUDIT_SCHEMA)
+
+
+def _put_atomic(storage: Storage, path: str, data: bytes) -> None:
+    """Readers list partitions while writers add files, so a file must appear whole or not at all:
+    object-store PUTs are atomic; local files go to a hidden temp name (skipped by
+    pyarrow.dataset) and are renamed."""
+    if not storage.is_local:
+        storage.fs.pipe_file(path, data)
+        return
+    directory, name = posixpath.split(path)
+    storage.fs.makedirs(directory, exist_ok=True)
+    tmp = posixpath.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+    storage.fs.pipe_file(tmp, data)
+    storage.fs.mv(tmp, path)
+
+
+class AuditWriter:
+    """Buffers audit records and writes one Parquet file per UTC day on each flush.
+
+    ``write`` flushes by itself when ``batch_size`` records wait or ``flush_interval_s`` has
+    passed; if that flush fails the records stay buffered for the next one and ``write``
+    does not raise, since the caller's records were accepted. ``flush``, ``maybe_flush``
+    and ``close`` re-raise write errors, keeping what was not written buffered.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        batch_size: int = 500,
+        flush_interval_s: float = 1.0,
+        store_input_text: bool = True,
+        redactor: Callable[[str], str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        if store_input_text and redactor is None:
+            raise ValueError("store_input_text=True needs a redactor: unredacted input must never be written")
+        if batch_size < 1 or flush_interval_s < 0:
+            raise ValueError(f"batch_size must be >= 1 and flush_interval_s >= 0, got {batch_size}, {flush_interval_s}")
+        self._storage = storage
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self._redactor = redactor if store_input_text else None
+        self._clock = clock
+        # A timer thread may call maybe_flush while a request thread writes.
+        self._lock = threading.RLock()
+        self._buffer: dict[str, list[pa.Table]] = defaultdict(list)
+        self._buffered = 0
+        self._last_flush = clock()
+
+    @property
+    def buffered(self) -> int:
+        return self._buffered
+
+    def write(self, records: list[dict[str, Any]]) -> int:
+        tables = self._tables_by_day([self._row(record) for record in records])
+        with self._lock:
+            for day, table in tables.items():
+                self._buffer[day].append(table)
+                self._buffered += table.num_rows
+            if self._buffered >= self.batch_size or self._interval_elapsed():
+                self._flush_keeping_errors()
+            return self._buffered
+
+    def flush(self) -> int:
+        with self._lock:
+            self._last_flush = self._clock()
+            written = 0
+            for day in sorted(self._buffer):
+                table = pa.concat_tables(self._buffer[day])
+                self._write_file(day, table)
+                del self._buffer[day]
+                self._buffered -= table.num_rows
+                written += table.num_rows
+            return written
+
+    def maybe_flush(self) -> int:
+        with self._lock:
+            return self.flush() if self._buffered and self._interval_elapsed() else 0
+
+    def close(self) -> int:
+        return self.flush()
+
+    def _interval_elapsed(self) -> bool:
+        return self._clock() - self._last_flush >= self.flush_interval_s
+
+    def _flush_keeping_errors(self) -> None:
+        try:
+            self.flush()
+        except Exception:
+            logger.warning("audit flush failed; %d records stay buffered for the next flush", self._buffered, exc_info=True)
+
+    def _row(self, record: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(record) - ACCEPTED_KEYS
+        if unknown:
+            raise ValueError(f"unknown audit field(s) {sorted(unknown)}; accepted: {sorted(ACCEPTED_KEYS)}")
+        missing = sorted(key for key in REQUIRED_KEYS if record.get(key) is None)
+        if missing:
+            raise ValueError(f"audit record lacks required field(s) {missing}")
+        row = {name: record.get(name) for name in AUDIT_SCHEMA.names}
+        ts = record.get("ts")
+        row["ts"] = to_utc(self._clock() if ts is None else ts)
+        row["status_code"] = _status_code(row["status_code"])
+        row["output"] = _output_text(record.get("output"))
+        row.update(self._input_fields(record.get("text")))
+        return row
+
+    def _input_fields(self, text: str | None) -> dict[str, Any]:
+        if text is None:
+            return {"input_sha256": None, "input_chars": None, "input_text": None}
+        if not isinstance(text, str):
+            raise ValueError(f"audit field 'text' must be a string, got {type(text).__name__}")
+        return {
+            "input_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            "input_chars": len(text),
+            "input_text": self._redactor(text) if self._redactor else None,
+        }
+
+    @staticmethod
+    def _tables_by_day(rows: list[dict[str, Any]]) -> dict[str, pa.Table]:
+        by_day: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            by_day[row["ts"].date().isoformat()].append(row)
+        return {day: _to_table(day_rows) for day, day_rows in by_day.items()}
+
+    def _write_file(self, day: str, table: pa.Table) -> None:
+        stamp = datetime.fromtimestamp(self._clock(), timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        # The uuid keeps files of concurrent writers (several replicas, one partition) apart.
+        name = f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        _put_atomic(self._storage, self._storage.path(AUDIT_DIR, f"day={day}", name), sink.getvalue().to_pybytes())
+
+
+def _days_newest_first(storage: Storage, root: str, since: datetime | None, until: datetime | None) -> list[str]:
+    names = (posixpath.basename(path.rstrip("/")) for path in storage.fs.ls(root, detail=False))
+    days = sorted((name.removeprefix("day=") for name in names if name.startswith("day=")), reverse=True)
+    low = since.date().isoformat() if since else ""
+    high = until.date().isoformat() if until else "9999-12-31"
+    return [day for day in days if low <= day <= high]
+
+
+def _row_filter(
+    since: datetime | None, until: datetime | None, agent: str | None, endpoint: str | None, request_ids: list[str] | None
+) -> ds.Expression | None:
+    conditions = []
+    if since is not None:
+        conditions.append(ds.field("ts") >= pa.scalar(since, TS_TYPE))
+    if until is not None:
+        conditions.append(ds.field("ts") < pa.scalar(until, TS_TYPE))
+    if agent is not None:
+        conditions.append(ds.field("agent") == agent)
+    if endpoint is not None:
+        conditions.append(ds.field("endpoint") == endpoint)
+    if request_ids is not None:
+        conditions.append(ds.field("request_id").isin(request_ids))
+    return functools.reduce(operator.and_, conditions) if conditions else None
+
+
+def read_audit(
+    storage: Storage,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    agent: str | None = None,
+    endpoint: str | None = None,
+    request_ids: list[str] | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """The ``limit`` most recent records with ``since <= ts < until`` that match every filter,
+    oldest first, ``ts`` as ISO 8601.
+
+    Day partitions are read newest first and reading stops once ``limit`` records are found,
+    so only the partitions inside [since, until] are ever listed (each is a hive-style
+    ``day=`` directory, readable as one dataset by any hive-aware tool).
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    since = to_utc(since) if since is not None else None
+    until = to_utc(until) if until is not None else None
+    root = storage.path(AUDIT_DIR)
+    if not storage.fs.exists(root):
+        return []
+    row_filter = _row_filter(since, until, agent, endpoint, request_ids)
+    tables, found = [], 0
+    for day in _days_newest_first(storage, root, since, until):
+        partition = ds.dataset(
+            posixpath.join(root, f"day={day}"), format="parquet", filesystem=storage.fs, schema=AUDIT_SCHEMA
+        )
+        tables.append(partition.to_table(filter=row_filter))
+        found += tables[-1].num_rows
+        if found >= limit:
+            break
+    if not found:
+        return []
+    newest = pa.concat_tables(tables).sort_by([("ts", "descending"), ("request_id", "descending")]).slice(0, limit)
+    rows = newest.sort_by([("ts", "ascending"), ("request_id", "ascending")]).to_pylist()
+    return [{**row, "ts": row["ts"].isoformat()} for row in rows]

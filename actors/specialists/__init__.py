@@ -1,0 +1,1 @@
+"""Specialist models behind one interface: load, predict on a batch, describe."""

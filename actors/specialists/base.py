@@ -1,0 +1,93 @@
+"""The Specialist interface: validated params, lazy load, batched predict, describe."""
+
+from __future__ import annotations
+
+import abc
+import threading
+from importlib.metadata import version
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from cluster.errors import ValidationFailed
+
+
+class NoParams(BaseModel):
+    """Params of a specialist that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoOptions(BaseModel):
+    """Per-item options of a specialist that takes none."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def package_version(name: str) -> str:
+    """'name version' of an installed distribution, for describe()."""
+    return f"{name} {version(name)}"
+
+
+def _error_message(error: Any, allowed: list[str]) -> str:
+    path = "options" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{path}: unknown option; allowed: {', '.join(allowed) or 'none'}"
+    message = error["msg"][:1].lower() + error["msg"][1:]
+    return f"{path}: {message}, got {error['input']!r}"
+
+
+class Specialist(abc.ABC):
+    """One model behind a uniform interface; construction is cheap, load() does the heavy work."""
+
+    kind: ClassVar[str]
+    Params: ClassVar[type[BaseModel]] = NoParams
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    batchable: ClassVar[bool] = False
+
+    def __init__(self, params: dict | None = None):
+        self.params = self.Params.model_validate(params or {})
+        self._loaded = False
+        # Serve may run predict on several threads; the first calls must not load twice.
+        self._load_lock = threading.Lock()
+
+    def load(self) -> None:
+        """Load the model once; later calls return at once."""
+        with self._load_lock:
+            if not self._loaded:
+                self._load()
+                self._loaded = True
+
+    def validate_options(self, options: dict | None) -> BaseModel:
+        """Parse one item's options; raise ValidationFailed naming the bad option."""
+        if options is not None and not isinstance(options, dict):
+            raise ValidationFailed(f"options: must be an object, got {type(options).__name__}")
+        try:
+            return self.Options.model_validate(options or {})
+        except ValidationError as exc:
+            allowed = list(self.Options.model_fields)
+            raise ValidationFailed("; ".join(_error_message(e, allowed) for e in exc.errors())) from None
+
+    def predict(self, texts: list[str], options: list[dict | None] | None = None) -> list[dict]:
+        """One result per text, in order; `options` holds one dict (or None) per text."""
+        if options is not None and len(options) != len(texts):
+            raise ValueError(f"got {len(options)} options for {len(texts)} texts")
+        parsed = [self.validate_options(item) for item in options or [None] * len(texts)]
+        self.load()
+        return self._predict(texts, parsed) if texts else []
+
+    def describe(self) -> dict:
+        """What this specialist runs: kind, model (package and version), params, and extras."""
+        return {"kind": self.kind, "model": self._model_name(), "params": self.params.model_dump(), **self._extras()}
+
+    def _extras(self) -> dict:
+        return {}
+
+    @abc.abstractmethod
+    def _model_name(self) -> str: ...
+
+    @abc.abstractmethod
+    def _load(self) -> None: ...
+
+    @abc.abstractmethod
+    def _predict(self, texts: list[str], options: list[Any]) -> list[dict]: ...

@@ -1,0 +1,32 @@
+"""Specialist kinds by name, and building or checking one from a config entry."""
+
+from __future__ import annotations
+
+from actors.specialists.base import Specialist
+from actors.specialists.echo import EchoSpecialist
+from actors.specialists.entities import EntitiesSpecialist
+from actors.specialists.language import LanguageSpecialist
+from actors.specialists.pii import PiiSpecialist
+from actors.specialists.sentiment import SentimentSpecialist
+
+SPECIALISTS: dict[str, type[Specialist]] = {
+    cls.kind: cls
+    for cls in (LanguageSpecialist, SentimentSpecialist, EntitiesSpecialist, PiiSpecialist, EchoSpecialist)
+}
+
+
+def _specialist_class(kind: str) -> type[Specialist]:
+    try:
+        return SPECIALISTS[kind]
+    except KeyError:
+        raise ValueError(f"unknown specialist kind {kind!r}; known: {', '.join(sorted(SPECIALISTS))}") from None
+
+
+def create_specialist(kind: str, params: dict | None = None) -> Specialist:
+    """A specialist of `kind` with validated params, not yet loaded."""
+    return _specialist_class(kind)(params)
+
+
+def validate_params(kind: str, params: dict | None) -> None:
+    """Raise ValueError (unknown kind) or pydantic.ValidationError (bad params); builds nothing."""
+    _specialist_class(kind).Params.model_validate(params or {})

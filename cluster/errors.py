@@ -1,0 +1,85 @@
+"""Domain errors, each carrying its HTTP status and API error code.
+
+    BatonError
+    ├── InvalidRequest          400 invalid_request
+    ├── Unauthorized            401 unauthorized
+    ├── Forbidden               403 forbidden
+    ├── NotFound                404 not_found
+    ├── MethodNotAllowed        405 method_not_allowed
+    ├── Conflict                409 conflict
+    ├── PayloadTooLarge         413 payload_too_large
+    ├── UnsupportedMediaType    415 unsupported_media_type
+    ├── ValidationFailed        422 validation_error
+    ├── RateLimited             429 rate_limited   (Retry-After)
+    ├── Overloaded              503 overloaded     (Retry-After)
+    ├── Unavailable             503 unavailable    (Retry-After)
+    └── ConfigError             raised at load time; never reaches HTTP
+"""
+
+from __future__ import annotations
+
+
+class BatonError(Exception):
+    """Base of every error baton raises on purpose."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class InvalidRequest(BatonError):
+    status, code = 400, "invalid_request"
+
+
+class Unauthorized(BatonError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(BatonError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(BatonError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(BatonError):
+    status, code = 405, "method_not_allowed"
+
+
+class Conflict(BatonError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(BatonError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(BatonError):
+    status, code = 415, "unsupported_media_type"
+
+
+class ValidationFailed(BatonError):
+    status, code = 422, "validation_error"
+
+
+class RateLimited(BatonError):
+    status, code = 429, "rate_limited"
+
+
+class Overloaded(BatonError):
+    status, code = 503, "overloaded"
+
+
+class Unavailable(BatonError):
+    status, code = 503, "unavailable"
+
+
+class ConfigError(BatonError):
+    """An invalid config file or recipe; the message names the field path and value."""
+
+    status, code = 500, "internal"

@@ -1,0 +1,100 @@
+"""API keys: random secrets shown once, stored only as sha256 hashes, one file per key
+under ``<storage>/auth/keys/`` so concurrent writers never clobber each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+from cluster.storage import Storage, validate_segment
+
+ROLES = ("invoke", "admin")
+ROLE_RANK = {"invoke": 0, "admin": 1}
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    name: str
+    role: str
+
+    def allows(self, role: str) -> bool:
+        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class KeyStore:
+    """Create and verify keys; verification reads the store again on an unknown key,
+    at most every ``refresh_s``, so keys made by another replica become valid quickly.
+    """
+
+    def __init__(self, storage: Storage, refresh_s: float = 2.0, clock: Callable[[], float] = time.monotonic):
+        self.storage = storage
+        self.refresh_s = refresh_s
+        self._clock = clock
+        self._by_hash: dict[str, Principal] = {}
+        self._loaded_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def _dir(self) -> str:
+        return self.storage.path("auth", "keys")
+
+    def create(self, role: str, name: str, key: str | None = None) -> tuple[str, Principal]:
+        """Store a new key (random unless given) and return it with its principal."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {list(ROLES)}, got {role!r}")
+        key = key or f"bk_{secrets.token_urlsafe(32)}"
+        principal = Principal(key_id=f"key_{secrets.token_hex(8)}", name=name, role=role)
+        record = {
+            "id": principal.key_id,
+            "name": name,
+            "role": role,
+            "sha256": hash_key(key),
+            "created_at": datetime.now(timezone.utc).isoformat(),
+        }
+        self.storage.write_json_atomic(self.storage.path("auth", "keys", f"{principal.key_id}.json"), record)
+        with self._lock:
+            self._by_hash[record["sha256"]] = principal
+        return key, principal
+
+    def verify(self, key: str) -> Principal | None:
+        digest = hash_key(key)
+        principal = self._lookup(digest)
+        if principal is None and self._clock() - self._loaded_at >= self.refresh_s:
+            self.reload()
+            principal = self._lookup(digest)
+        return principal
+
+    def _lookup(self, digest: str) -> Principal | None:
+        with self._lock:
+            for known, principal in self._by_hash.items():
+                if hmac.compare_digest(known, digest):
+                    return principal
+        return None
+
+    def reload(self) -> None:
+        fs, directory = self.storage.fs, self._dir()
+        loaded: dict[str, Principal] = {}
+        paths = fs.glob(f"{directory}/key_*.json") if fs.exists(directory) else []
+        for path in paths:
+            record = self.storage.read_json(path)
+            validate_segment(record["id"], "key id")
+            loaded[record["sha256"]] = Principal(record["id"], record["name"], record["role"])
+        with self._lock:
+            self._by_hash = loaded
+            self._loaded_at = self._clock()
+
+    def find_by_name(self, name: str) -> list[Principal]:
+        self.reload()
+        with self._lock:
+            return [p for p in self._by_hash.values() if p.name == name]

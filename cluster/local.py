@@ -1,0 +1,35 @@
+"""The local Ray head that ``make up`` / ``baton up`` starts: start, stop and probe it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+DASHBOARD_URL = "http://127.0.0.1:8265"
+
+
+def ray_cli() -> str:
+    return str(Path(sys.executable).parent / "ray")
+
+
+def dashboard_up(url: str = DASHBOARD_URL) -> bool:
+    try:
+        return httpx.get(f"{url}/api/version", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_head(env: dict[str, str], num_cpus: int | None = None) -> None:
+    """Start a Ray head with the dashboard on 127.0.0.1:8265; workers inherit ``env``."""
+    command = [ray_cli(), "start", "--head", "--dashboard-host=127.0.0.1", "--dashboard-port=8265", "--disable-usage-stats"]
+    if num_cpus is not None:
+        command.append(f"--num-cpus={num_cpus}")
+    subprocess.run(command, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
+
+
+def stop_head() -> None:
+    subprocess.run([ray_cli(), "stop", "--force"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

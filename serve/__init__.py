@@ -1,0 +1,1 @@
+"""baton's HTTP surface and Serve wiring: ingress, agent deployments, traffic split, builder."""

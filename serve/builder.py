@@ -1,0 +1,122 @@
+"""Turns an orchestra config into a Serve application (one deployment per agent version
+behind the ingress) and into the equivalent ``serve deploy`` config file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray.serve import Application
+
+from actors.specialists.registry import SPECIALISTS, validate_params
+from cluster.config import (
+    AgentSettings,
+    OrchestraConfig,
+    ResourceSettings,
+    VersionSettings,
+    config_dict,
+    load_orchestra,
+    resolve_storage_uri,
+)
+from serve.agent import AgentVersion
+from serve.ingress import Ingress
+from serve.proxy import CALLBACK_ENV
+
+APP_NAME = "baton"
+INGRESS = "Ingress"
+RUNTIME_ENV_VARS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def load(path: str | Path) -> OrchestraConfig:
+    """Load an orchestra and check every agent's kind and params against the specialists."""
+    return load_orchestra(path, known_kinds=SPECIALISTS, check_params=validate_params)
+
+
+def deployment_name(agent: str, version: str) -> str:
+    return f"{agent}.{version}"
+
+
+def _actor_options(resources: ResourceSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
+    if resources.custom:
+        options["resources"] = dict(resources.custom)
+    return options
+
+
+def version_options(version: VersionSettings) -> dict[str, Any]:
+    return {
+        "autoscaling_config": version.autoscaling.model_dump(exclude_none=True),
+        "max_ongoing_requests": version.max_ongoing_requests,
+        "max_queued_requests": version.max_queued_requests,
+        "ray_actor_options": _actor_options(version.resources),
+    }
+
+
+def ingress_options(config: OrchestraConfig) -> dict[str, Any]:
+    return {
+        "autoscaling_config": config.ingress.autoscaling.model_dump(exclude_none=True),
+        "max_ongoing_requests": config.ingress.max_ongoing_requests,
+        "ray_actor_options": _actor_options(config.ingress.resources),
+    }
+
+
+def _bind_version(agent: AgentSettings, version: VersionSettings) -> Application:
+    return AgentVersion.options(name=deployment_name(agent.name, version.version), **version_options(version)).bind(
+        agent.name,
+        version.version,
+        agent.kind,
+        version.params,
+        version.resources.torch_threads,
+        version.batching.model_dump(),
+    )
+
+
+def build_application(config: OrchestraConfig, storage_uri: str) -> Application:
+    agents = {a.name: {v.version: _bind_version(a, v) for v in a.versions} for a in config.agents}
+    return Ingress.options(name=INGRESS, **ingress_options(config)).bind(config_dict(config), storage_uri, agents)
+
+
+def build_app(args: dict[str, str]) -> Application:
+    """Serve application builder: ``import_path: serve.builder:build_app`` with
+    ``args: {config: <orchestra.yaml>, base_dir: <repo root>}``.
+    """
+    config_path = Path(args["config"])
+    base_dir = Path(args.get("base_dir") or config_path.resolve().parent.parent)
+    config = load(config_path)
+    return build_application(config, resolve_storage_uri(config, base_dir))
+
+
+def serve_config(config_path: str | Path, base_dir: str | Path, working_dir: str | None = None) -> dict[str, Any]:
+    """The ``serve deploy`` file for an orchestra: same deployments, options spelled out."""
+    config = load(config_path)
+    deployments = [{"name": INGRESS, **ingress_options(config)}]
+    for agent in config.agents:
+        for version in agent.versions:
+            deployments.append({"name": deployment_name(agent.name, version.version), **version_options(version)})
+    runtime_env: dict[str, Any] = {"env_vars": dict(RUNTIME_ENV_VARS)}
+    if working_dir:
+        runtime_env["working_dir"] = working_dir
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {
+            "host": config.http.host,
+            "port": config.http_port(),
+            "request_timeout_s": config.http.request_timeout_s,
+        },
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": "/",
+                "import_path": "serve.builder:build_app",
+                "args": {"config": str(Path(config_path).resolve()), "base_dir": str(Path(base_dir).resolve())},
+                "runtime_env": runtime_env,
+                "deployments": deployments,
+            }
+        ],
+    }
+
+
+def cluster_env() -> dict[str, str]:
+    """Environment the Ray head needs for baton (offline models, the proxy middleware)."""
+    return {**RUNTIME_ENV_VARS, **CALLBACK_ENV}

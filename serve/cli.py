@@ -1,0 +1,325 @@
+"""``baton`` commands for the running platform: up, down, status, serve-config, router eval,
+audit and keys. Registered on the root CLI through the ``baton.cli`` entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import httpx
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from cluster import local
+from cluster.config import OrchestraConfig, resolve_storage_uri
+from cluster.errors import BatonError, ConfigError
+from cluster.keys import KeyStore
+from cluster.storage import Storage
+
+DEFAULT_CONFIG = Path("configs/orchestra.yaml")
+DEV_KEY = Path(".baton/dev-key")
+console = Console(stderr=True)
+ConfigOption = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Orchestra config file.")
+
+
+def _load(config_path: Path) -> OrchestraConfig:
+    from serve.builder import load
+
+    return load(config_path)
+
+
+def _storage(config: OrchestraConfig) -> Storage:
+    return Storage(resolve_storage_uri(config, Path.cwd()))
+
+
+def _base_url(config: OrchestraConfig) -> str:
+    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
+    return f"http://{host}:{config.http_port()}"
+
+
+# -- up / down / status -----------------------------------------------------------------
+
+
+def ensure_dev_key(store: KeyStore, path: Path = DEV_KEY) -> str:
+    """Keep a working dev key; BATON_DEV_KEY, if set, is the key."""
+    wanted = os.environ.get("BATON_DEV_KEY")
+    current = path.read_text().strip() if path.is_file() else None
+    key = wanted or current
+    if key is None or store.verify(key) is None:
+        key, _ = store.create("admin", "dev", key=key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    os.chmod(path, 0o600)
+    return key
+
+
+def wait_healthy(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with console.status(f"waiting for {url}/healthz ..."):
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+    raise BatonError(f"{url}/healthz did not answer within {timeout_s:.0f}s; see `baton status` and the Ray dashboard")
+
+
+def deploy(config_path: Path) -> OrchestraConfig:
+    """Deploy (or redeploy) the orchestra on the running cluster, as `serve deploy` would."""
+    import ray
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    from serve.builder import serve_config
+    from serve.control import reset_traffic_if_stale
+
+    config = _load(config_path)
+    ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+    try:
+        reset_traffic_if_stale(config, resolve_storage_uri(config, Path.cwd()))
+    finally:
+        ray.shutdown()
+    ServeSubmissionClient(local.DASHBOARD_URL).deploy_applications(serve_config(config_path, Path.cwd()))
+    return config
+
+
+def up(
+    config_path: Path = ConfigOption,
+    timeout_s: float = typer.Option(600, "--timeout", help="Seconds to wait for /healthz."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs for the Ray head (default: all)."),
+) -> None:
+    """Start a local Ray head (if none runs), deploy the orchestra, wait for /healthz, write the dev key."""
+    from serve.builder import cluster_env
+
+    config = _load(config_path)
+    if not local.dashboard_up():
+        console.print("starting a local Ray head ...")
+        local.start_head(cluster_env(), num_cpus)
+    ensure_dev_key(KeyStore(_storage(config)))
+    console.print(f"deploying {config_path} ({len(config.agents)} agents) ...")
+    deploy(config_path)
+    url = _base_url(config)
+    wait_healthy(url, timeout_s)
+    print(f"baton is up.\n  API:        {url}  (docs: {url}/docs)\n  dashboard:  {local.DASHBOARD_URL}")
+    print(f"  admin key:  {DEV_KEY} (mode 600)")
+    print(
+        f"\ncurl -s {url}/v1/route -H \"Authorization: Bearer $(cat {DEV_KEY})\" "
+        "-H 'Content-Type: application/json' -d '{\"text\": \"I love this product!\"}'"
+    )
+
+
+def down() -> None:
+    """Flush the audit log, stop Serve and the local Ray head."""
+    if local.dashboard_up():
+        import ray
+        from ray import serve
+
+        from serve.control import flush_audit
+
+        ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+        try:
+            written = flush_audit()
+            console.print(f"audit flushed ({written} records)")
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+    local.stop_head()
+    console.print("baton is down.")
+
+
+def status(config_path: Path = ConfigOption) -> None:
+    """Show the cluster, the Serve application and its deployments."""
+    config = _load(config_path)
+    if not local.dashboard_up():
+        print("Ray: not running (start with `baton up`)")
+        raise typer.Exit(1)
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    details = ServeSubmissionClient(local.DASHBOARD_URL).get_serve_details()
+    table = Table("application", "deployment", "status", "replicas")
+    for app_name, app_details in details.get("applications", {}).items():
+        for name, deployment in app_details.get("deployments", {}).items():
+            table.add_row(app_name, name, deployment["status"], str(len(deployment.get("replicas", []))))
+    Console().print(table)
+    url = _base_url(config)
+    try:
+        healthy = httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        healthy = False
+    print(f"{url}/healthz: {'ok' if healthy else 'not answering'}")
+
+
+def serve_config(
+    config_path: Path = ConfigOption,
+    working_dir: Optional[str] = typer.Option(None, help="runtime_env working_dir URI for a remote cluster."),
+) -> None:
+    """Print the `serve deploy` config for the orchestra: `baton serve-config > serve.yaml`."""
+    from serve.builder import serve_config as build
+
+    yaml.safe_dump(build(config_path, Path.cwd(), working_dir), sys.stdout, sort_keys=False)
+
+
+# -- router eval ------------------------------------------------------------------------
+
+router_app = typer.Typer(help="Evaluate the semantic router offline.", no_args_is_help=True)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"{path}:{number}: not valid JSON: {error.msg}") from None
+    return rows
+
+
+@router_app.command("eval")
+def router_eval(
+    config_path: Path = typer.Option(..., "--config", "-c", help="Orchestra config whose agents the router knows."),
+    data: list[Path] = typer.Option(..., "--data", help="JSON lines with text and label; repeatable."),
+    label_field: str = typer.Option("agent", help="Field naming the expected agent."),
+    none_label: Optional[str] = typer.Option(None, help="Label value meaning 'no agent' (null always does)."),
+    text_field: str = typer.Option("text", help="Field holding the request text."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """In-scope accuracy, out-of-scope recall, in-scope rejection, confusion and latency."""
+    from actors.router import Embedder, SemanticRouter
+    from actors.routing_eval import evaluate_router
+
+    config = _load(config_path)
+    rows = [row for path in data for row in _read_jsonl(path)]
+    for index, row in enumerate(rows):
+        if text_field not in row or label_field not in row:
+            raise ConfigError(f"row {index + 1}: needs fields {text_field!r} and {label_field!r}, has {sorted(row)}")
+    router = SemanticRouter(config.agents, config.router, Embedder(config.router.model_path))
+    progress = (lambda it: it) if as_json else (lambda it: track(it, description="routing", console=console))
+    try:
+        report = evaluate_router(
+            router, rows, label_field=label_field, none_label=none_label, text_field=text_field, progress=progress
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if as_json:
+        print(json.dumps(report.summary()))
+        return
+    _print_report(report, router.agent_names)
+
+
+def _print_report(report, agents: list[str]) -> None:
+    from actors.routing_eval import NONE
+
+    out = Console()
+    summary = report.summary()
+    metrics = Table("metric", "value", title="router eval")
+    for name in ("n", "in_scope_accuracy", "oos_recall", "in_scope_rejection", "p50_ms", "p95_ms"):
+        metrics.add_row(name, str(summary[name]))
+    out.print(metrics)
+    labels = [*agents, NONE]
+    confusion = Table("expected \\ routed", *labels, title="confusion")
+    for expected in labels:
+        if any(report.confusion[(expected, got)] for got in labels):
+            confusion.add_row(expected, *(str(report.confusion[(expected, got)] or "") for got in labels))
+    out.print(confusion)
+
+
+# -- audit ------------------------------------------------------------------------------
+
+audit_app = typer.Typer(help="Read the audit log (Parquet on the storage URI).", no_args_is_help=True)
+
+
+def _parse_since(value: Optional[str]) -> Optional[datetime]:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--since: not an ISO 8601 time: {value!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _print_records(records: list[dict], as_json: bool) -> None:
+    if as_json:
+        for record in records:
+            print(json.dumps(record, default=str))
+        return
+    table = Table("ts", "request_id", "principal", "endpoint", "agent", "version", "routed_by", "status", "ms")
+    for r in records:
+        table.add_row(
+            str(r["ts"])[:23], r["request_id"], str(r["principal"]), r["endpoint"], str(r["agent"]),
+            str(r["version"]), str(r["routed_by"]), str(r["status_code"]), f"{r['latency_ms'] or 0:.1f}",
+        )
+    Console().print(table)
+
+
+@audit_app.command("tail")
+def audit_tail(
+    config_path: Path = ConfigOption,
+    limit: int = typer.Option(20, "-n", "--limit", min=1, help="How many of the newest records."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON record per line."),
+) -> None:
+    """The newest audit records."""
+    from actors.audit import read_audit
+
+    _print_records(read_audit(_storage(_load(config_path)), limit=limit), as_json)
+
+
+@audit_app.command("query")
+def audit_query(
+    config_path: Path = ConfigOption,
+    since: Optional[str] = typer.Option(None, help="ISO 8601 time; records at or after it."),
+    agent: Optional[str] = typer.Option(None, help="Only this agent's records."),
+    endpoint: Optional[str] = typer.Option(None, help="Only this endpoint or action, e.g. admin.traffic.set."),
+    limit: int = typer.Option(100, "-n", "--limit", min=1, help="Most records (the newest)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON record per line."),
+) -> None:
+    """Audit records filtered by time, agent and endpoint."""
+    from actors.audit import read_audit
+
+    records = read_audit(_storage(_load(config_path)), since=_parse_since(since), agent=agent, endpoint=endpoint, limit=limit)
+    _print_records(records, as_json)
+
+
+# -- keys -------------------------------------------------------------------------------
+
+keys_app = typer.Typer(help="Manage API keys (stored hashed).", no_args_is_help=True)
+
+
+@keys_app.command("create")
+def keys_create(
+    role: str = typer.Option(..., help="invoke or admin"),
+    name: str = typer.Option(..., help="Who the key is for."),
+    config_path: Path = ConfigOption,
+) -> None:
+    """Create a key and print it once."""
+    try:
+        key, principal = KeyStore(_storage(_load(config_path))).create(role, name)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    print(json.dumps({"key": key, "id": principal.key_id, "role": role, "name": name}))
+
+
+def register(root: typer.Typer) -> None:
+    root.command()(up)
+    root.command()(down)
+    root.command()(status)
+    root.command("serve-config")(serve_config)
+    root.add_typer(router_app, name="router")
+    root.add_typer(audit_app, name="audit")
+    root.add_typer(keys_app, name="keys")
+

@@ -1,0 +1,159 @@
+"""The named Ray actors shared by every ingress replica: monitor, audit writer and the
+traffic table. Each wraps a plain class from ``actors/`` and restarts on failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import ray
+
+from actors.audit import AuditWriter, read_audit
+from actors.monitor import Monitor
+from actors.traffic import TrafficTable
+from cluster.config import OrchestraConfig
+from cluster.storage import Storage
+
+NAMESPACE = "baton"
+MONITOR, AUDIT, TRAFFIC = "baton_monitor", "baton_audit", "baton_traffic"
+logger = logging.getLogger(__name__)
+
+
+class MonitorActor:
+    def __init__(self, window_s: float):
+        self.monitor = Monitor(window_s=window_s)
+
+    def record(self, outcomes: list[dict]) -> None:
+        self.monitor.record(outcomes)
+
+    def stats(self) -> dict:
+        return self.monitor.stats()
+
+    def prometheus(self) -> bytes:
+        return self.monitor.prometheus()
+
+
+class AuditActor:
+    """Buffers records and writes Parquet from a timer thread, so callers never wait on I/O."""
+
+    def __init__(self, storage_uri: str, settings: dict):
+        from actors.pii import PiiRedactor
+
+        self.storage = Storage(storage_uri)
+        self.writer = AuditWriter(
+            self.storage,
+            batch_size=settings["batch_size"],
+            flush_interval_s=settings["flush_interval_s"],
+            store_input_text=settings["store_input_text"],
+            redactor=PiiRedactor(use_ner=settings["redact_names"]),
+        )
+        self._lock = threading.Lock()
+        self._interval = settings["flush_interval_s"]
+        threading.Thread(target=self._flush_forever, daemon=True, name="audit-flush").start()
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(self._interval / 2)
+            try:
+                with self._lock:
+                    self.writer.maybe_flush()
+            except Exception:  # storage hiccup: records stay buffered for the next tick
+                logger.exception("audit flush failed; will retry")
+
+    def write(self, records: list[dict]) -> int:
+        with self._lock:
+            return self.writer.write(records)
+
+    def flush(self) -> int:
+        with self._lock:
+            return self.writer.flush()
+
+    def query(self, **filters: Any) -> list[dict]:
+        with self._lock:
+            self.writer.flush()
+        return read_audit(self.storage, **filters)
+
+
+def traffic_fingerprint(config: OrchestraConfig) -> str:
+    """Identifies the deployed versions and configured weights: a redeploy that changes
+    them starts from the config again, one that does not keeps run-time changes.
+    """
+    shape = {a.name: {v.version: v.weight for v in a.versions} for a in config.agents}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def initial_traffic(config: OrchestraConfig) -> dict:
+    return {a.name: {"weights": {v.version: v.weight for v in a.versions}, "sticky": a.sticky} for a in config.agents}
+
+
+class TrafficActor:
+    """The shared traffic table, persisted to storage so a restart keeps run-time weights."""
+
+    def __init__(self, storage_uri: str, agents: dict, fingerprint: str):
+        self.storage = Storage(storage_uri)
+        self.path = self.storage.path("state", "traffic.json")
+        self.fingerprint = fingerprint
+        self.table = TrafficTable(agents)
+        if self.storage.exists(self.path):
+            saved = self.storage.read_json(self.path)
+            if saved.get("fingerprint") == fingerprint:
+                self.table.load(saved["snapshot"])
+
+    def snapshot(self) -> dict:
+        return self.table.snapshot()
+
+    def set_weights(self, agent: str, weights: dict, sticky: bool | None) -> dict:
+        """Returns {"before", "after", "snapshot"}; raises BatonError subclasses on bad input."""
+        before, after = self.table.set_weights(agent, weights, sticky)
+        snapshot = self.table.snapshot()
+        self.storage.write_json_atomic(self.path, {"fingerprint": self.fingerprint, "snapshot": snapshot})
+        return {"before": before, "after": after, "snapshot": snapshot}
+
+
+def _named(cls: type, name: str, *args: Any, num_cpus: float = 0.05) -> ray.actor.ActorHandle:
+    return (
+        ray.remote(cls)
+        .options(
+            name=name,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            max_task_retries=-1,
+            num_cpus=num_cpus,
+        )
+        .remote(*args)
+    )
+
+
+def control_actors(config: OrchestraConfig, storage_uri: str) -> dict[str, ray.actor.ActorHandle]:
+    """Get the shared actors, creating each on first use (every replica calls this)."""
+    return {
+        MONITOR: _named(MonitorActor, MONITOR, config.monitor.window_s),
+        AUDIT: _named(AuditActor, AUDIT, storage_uri, config.audit.model_dump()),
+        TRAFFIC: _named(TrafficActor, TRAFFIC, storage_uri, initial_traffic(config), traffic_fingerprint(config)),
+    }
+
+
+def reset_traffic_if_stale(config: OrchestraConfig, storage_uri: str) -> None:
+    """A deploy with a different set of versions or weights replaces the traffic actor."""
+    try:
+        actor = ray.get_actor(TRAFFIC, namespace=NAMESPACE)
+    except ValueError:
+        return
+    if ray.get(actor.__ray_call__.remote(lambda self: self.fingerprint)) != traffic_fingerprint(config):
+        ray.kill(actor, no_restart=True)
+
+
+def flush_audit() -> int:
+    """Write what the audit actor buffers (before a shutdown); 0 if it is not running."""
+    try:
+        actor = ray.get_actor(AUDIT, namespace=NAMESPACE)
+    except ValueError:
+        return 0
+    return ray.get(actor.flush.remote(), timeout=60)

@@ -1,0 +1,410 @@
+"""The front door: a FastAPI app inside a Serve deployment. It authenticates, validates,
+routes, splits traffic between versions, calls the agent and reports the outcome off the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+import ray
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from actors.ratelimit import RateLimiter
+from actors.reporter import BufferedReporter
+from actors.router import Embedder, SemanticRouter
+from actors.traffic import TrafficTable
+from cluster.config import OrchestraConfig
+from cluster.errors import (
+    BatonError,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    ValidationFailed,
+)
+from cluster.keys import KeyStore, Principal
+from cluster.storage import Storage
+from serve import control
+from serve.http_errors import error_response, to_baton_error
+
+logger = logging.getLogger(__name__)
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+UNAUDITED = ("/healthz", "/metrics", "/docs", "/openapi.json", "/redoc")
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RouteBody(Body):
+    text: StrictStr = Field(..., min_length=1, description="The request text (1 to limits.max_text_chars characters).")
+    session_id: StrictStr | None = Field(None, min_length=1, max_length=128, description="Conversation key for follow-ups and sticky versions.")
+    user_id: StrictStr | None = Field(None, min_length=1, max_length=128, description="Caller's user; sticky version key when no session.")
+    agent: StrictStr | None = Field(None, min_length=1, max_length=64, description="Name an agent directly and skip the router.")
+    dry_run: StrictBool = Field(False, description="Return the routing decision without invoking the agent.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Agent-specific options.")
+
+
+class InvokeBody(Body):
+    text: StrictStr = Field(..., min_length=1, description="The request text.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Agent-specific options.")
+
+
+class TrafficBody(Body):
+    weights: dict[str, StrictInt] = Field(..., min_length=1, description="Version -> percent; non-negative, summing to 100.")
+    sticky: StrictBool | None = Field(None, description="Pin session/user keys to one version; unchanged if omitted.")
+
+
+class KeyBody(Body):
+    role: Literal["invoke", "admin"] = Field(..., description="What the key may do.")
+    name: StrictStr = Field(..., min_length=1, max_length=64, description="Who or what the key is for.")
+
+
+app = FastAPI(
+    title="baton",
+    description="One front door to many specialist models, on Ray Serve.",
+    version="0.1.0",
+    docs_url="/docs",
+)
+
+
+def request_id_of(request: Request) -> str:
+    return getattr(request.state, "request_id", None) or "unknown"
+
+
+@app.exception_handler(BatonError)
+@app.exception_handler(RequestValidationError)
+@app.exception_handler(StarletteHTTPException)
+async def _handle_error(request: Request, error: Exception) -> JSONResponse:
+    baton_error = to_baton_error(error)
+    request.state.error = f"{baton_error.code}: {baton_error.message}"
+    return error_response(baton_error, request_id_of(request))
+
+
+def ingress(request: Request):
+    return request.app.state.ingress
+
+
+def require(role: str):
+    async def dependency(request: Request, gate=Depends(ingress)) -> Principal:
+        return gate.authorize(request, role)
+
+    return dependency
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, config: dict, storage_uri: str, agents: dict[str, dict[str, DeploymentHandle]]):
+        self.config = OrchestraConfig.model_validate(config)
+        self.storage_uri = storage_uri
+        self.handles = agents
+        self.keys = KeyStore(Storage(storage_uri), refresh_s=self.config.auth.key_cache_s)
+        self.keys.reload()
+        self.limiter = RateLimiter(self.config.auth.rate_limit.requests_per_s, self.config.auth.rate_limit.burst)
+        self.router = SemanticRouter(
+            self.config.agents,
+            self.config.router,
+            Embedder(self.config.router.model_path, self.config.ingress.resources.torch_threads),
+        )
+        batching = self.config.router.batching
+        self._embed_batch.set_max_batch_size(batching.max_batch_size)
+        self._embed_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self.actors = control.control_actors(self.config, storage_uri)
+        self.traffic = TrafficTable(control.initial_traffic(self.config))
+        self.traffic.load(ray.get(self.actors[control.TRAFFIC].snapshot.remote()))
+        reporting = self.config.reporter
+        kwargs = dict(max_batch=reporting.max_batch, interval_s=reporting.interval_s, max_buffer=reporting.max_buffer)
+        self.monitor_reporter = BufferedReporter(self.actors[control.MONITOR].record.remote, name="monitor", **kwargs)
+        self.audit_reporter = BufferedReporter(self.actors[control.AUDIT].write.remote, name="audit", **kwargs)
+        self._background: list[asyncio.Task] = []
+        app.state.ingress = self
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def _ensure_background(self) -> None:
+        """Start reporters and the traffic follower on the replica's event loop, once."""
+        if self._background:
+            return
+        self.monitor_reporter.start()
+        self.audit_reporter.start()
+        self._background.append(asyncio.get_running_loop().create_task(self._follow_traffic()))
+
+    async def _follow_traffic(self) -> None:
+        """Adopt weight changes made through other ingress replicas."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.traffic.load(await self.actors[control.TRAFFIC].snapshot.remote())
+            except Exception:  # the actor restarts by itself; keep the last known weights
+                logger.warning("traffic table unreachable; keeping generation %s", self.traffic.generation)
+
+    def check_health(self) -> None:
+        if self.monitor_reporter.dropped or self.audit_reporter.dropped:
+            logger.warning(
+                "reporters dropped records: monitor=%s audit=%s", self.monitor_reporter.dropped, self.audit_reporter.dropped
+            )
+
+    # -- auth -------------------------------------------------------------------------
+
+    def authorize(self, request: Request, role: str) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        principal = self.keys.verify(key.strip())
+        if principal is None:
+            raise Unauthorized("unknown API key")
+        request.state.principal = principal.key_id
+        if not principal.allows(role):
+            raise Forbidden(f"this key has role {principal.role!r}; the endpoint needs {role!r}")
+        wait_s = self.limiter.acquire(principal.key_id)
+        if wait_s > 0:
+            raise RateLimited("rate limit exceeded for this key", retry_after_s=wait_s)
+        return principal
+
+    # -- request path -----------------------------------------------------------------
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _embed_batch(self, texts: list[str]) -> list:
+        return list(await asyncio.to_thread(self.router.embed, texts))
+
+    def check_text(self, text: str) -> None:
+        limit = self.config.limits.max_text_chars
+        if len(text) > limit:
+            raise ValidationFailed(f"text: must be at most {limit} characters, got {len(text)}")
+
+    def check_options(self, options: dict) -> None:
+        size = len(json.dumps(options))
+        if size > self.config.limits.max_options_bytes:
+            raise ValidationFailed(f"options: must be at most {self.config.limits.max_options_bytes} bytes as JSON, got {size}")
+
+    async def route(self, request: Request, body: RouteBody) -> dict:
+        self.check_text(body.text)
+        self.check_options(body.options)
+        embedding = None if body.agent is not None else (await self._embed_batch(body.text))
+        decision = self.router.decide(body.text, embedding=embedding, agent=body.agent, session_id=body.session_id)
+        note(request, routed_by=decision.routed_by, confidence=decision.confidence, agent=decision.agent)
+        response = {"request_id": request_id_of(request), **decision.as_dict(), "version": None, "result": None}
+        if decision.agent is not None:
+            version = self.traffic.pick(decision.agent, body.session_id or body.user_id)
+            note(request, version=version)
+            response["version"] = version
+            if not body.dry_run:
+                response["result"] = await self.call_agent(request, decision.agent, version, body.text, body.options)
+        return response
+
+    async def invoke(self, request: Request, name: str, body: InvokeBody) -> dict:
+        self.check_text(body.text)
+        self.check_options(body.options)
+        if name not in self.handles:
+            raise NotFound(f"agent {name!r} does not exist (agents: {sorted(self.handles)})")
+        version = self.traffic.pick(name)
+        note(request, agent=name, version=version, routed_by="direct")
+        result = await self.call_agent(request, name, version, body.text, body.options)
+        return {"request_id": request_id_of(request), "agent": name, "version": version, "result": result}
+
+    async def call_agent(self, request: Request, agent: str, version: str, text: str, options: dict) -> dict:
+        handle = self.handles[agent][version]
+        try:
+            result = await asyncio.wait_for(
+                handle.predict.remote(text, options), timeout=self.config.limits.agent_timeout_s
+            )
+        except asyncio.TimeoutError:
+            raise Unavailable(
+                f"agent {agent!r} {version} did not answer within {self.config.limits.agent_timeout_s}s",
+                retry_after_s=5,
+            ) from None
+        if isinstance(result, dict) and "__error__" in result:
+            raise ValidationFailed(result["__error__"]["message"])
+        note(request, output=result, label=result.get("label") or result.get("language"))
+        return result
+
+    # -- operations -------------------------------------------------------------------
+
+    def agents_view(self) -> dict:
+        agents = []
+        for agent in self.config.agents:
+            weights = self.traffic.weights(agent.name)
+            versions = [{"version": v.version, "weight": weights[v.version], "status": "ready"} for v in agent.versions]
+            agents.append({"name": agent.name, "kind": agent.kind, "description": agent.description, "versions": versions})
+        return {"agents": agents}
+
+    async def set_traffic(self, request: Request, name: str, body: TrafficBody) -> dict:
+        change = await self.actors[control.TRAFFIC].set_weights.remote(name, body.weights, body.sticky)
+        self.traffic.load(change["snapshot"])
+        note(request, agent=name, endpoint="admin.traffic.set", output={"before": change["before"], "after": change["after"]})
+        return {"agent": name, **change["after"]}
+
+    def create_key(self, request: Request, body: KeyBody) -> dict:
+        key, principal = self.keys.create(body.role, body.name)
+        after = {"id": principal.key_id, "name": principal.name, "role": principal.role}
+        note(request, endpoint="admin.keys.create", output={"before": None, "after": after})
+        return {"key": key, "id": principal.key_id, "role": principal.role, "name": principal.name}
+
+    async def audit(self, since: datetime | None, agent: str | None, limit: int) -> dict:
+        if limit > self.config.limits.audit_query_max:
+            raise ValidationFailed(f"limit: must be at most {self.config.limits.audit_query_max}, got {limit}")
+        records = await self.actors[control.AUDIT].query.remote(since=since, agent=agent, limit=limit)
+        return {"records": records}
+
+    # -- reporting --------------------------------------------------------------------
+
+    def report(self, request: Request, status: int, started: float, wall_start: float) -> None:
+        state = request.state
+        latency_ms = (time.perf_counter() - started) * 1000
+        get = lambda name: getattr(state, name, None)  # noqa: E731
+        self.audit_reporter.add(
+            {
+                "request_id": get("request_id"),
+                "ts": wall_start,
+                "principal": get("principal"),
+                "endpoint": get("endpoint") or f"{request.method} {request.url.path}",
+                "agent": get("agent"),
+                "version": get("version"),
+                "routed_by": get("routed_by"),
+                "confidence": get("confidence"),
+                "status_code": status,
+                "latency_ms": latency_ms,
+                "text": get("text"),
+                "output": get("output"),
+                "error": get("error"),
+            }
+        )
+        self.monitor_reporter.add(
+            {
+                "ts": wall_start,
+                "agent": get("agent"),
+                "version": get("version"),
+                "status": status,
+                "latency_ms": latency_ms,
+                "routed_by": get("routed_by"),
+                "label": get("label"),
+            }
+        )
+
+
+def note(request: Request, **fields: Any) -> None:
+    """Remember facts about this request for its audit record and monitor outcome."""
+    for name, value in fields.items():
+        setattr(request.state, name, value)
+
+
+# -- middleware: request id, body limit, outcome reporting ------------------------------
+
+
+@app.middleware("http")
+async def _request_envelope(request: Request, call_next) -> Response:
+    gate: Ingress = request.app.state.ingress
+    gate._ensure_background()
+    started, wall_start = time.perf_counter(), time.time()
+    incoming = request.headers.get("x-request-id", "")
+    request.state.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    try:
+        check_body_size(request, gate.config.limits.max_body_bytes)
+        response = await call_next(request)
+    except Exception as error:  # includes errors raised while the body streams in
+        baton_error = to_baton_error(error)
+        request.state.error = f"{baton_error.code}: {baton_error.message}"
+        response = error_response(baton_error, request.state.request_id)
+    if not incoming:
+        # Behind the Serve proxy the header always arrives (and is echoed by the proxy).
+        response.headers["X-Request-ID"] = request.state.request_id
+    if not request.url.path.startswith(UNAUDITED):
+        gate.report(request, response.status_code, started, wall_start)
+    return response
+
+
+def check_body_size(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+
+
+# -- endpoints -------------------------------------------------------------------------
+
+
+@app.get("/healthz", summary="Liveness: 200 once the application can serve.")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@app.get("/v1/agents", summary="The agents, their kinds and version weights.")
+async def list_agents(_: Principal = Depends(require("invoke")), gate=Depends(ingress)) -> dict:
+    return gate.agents_view()
+
+
+@app.post("/v1/route", summary="Route a request to the right agent and run it.")
+async def route(
+    request: Request, body: RouteBody, _: Principal = Depends(require("invoke")), gate=Depends(ingress)
+) -> dict:
+    note(request, text=body.text)
+    started = time.perf_counter()
+    response = await gate.route(request, body)
+    response["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    return response
+
+
+@app.post("/v1/agents/{name}/invoke", summary="Invoke one agent directly.")
+async def invoke(
+    request: Request, name: str, body: InvokeBody, _: Principal = Depends(require("invoke")), gate=Depends(ingress)
+) -> dict:
+    note(request, text=body.text)
+    started = time.perf_counter()
+    response = await gate.invoke(request, name, body)
+    response["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    return response
+
+
+@app.get("/v1/admin/stats", summary="Per agent and version: counts, errors, latency quantiles, labels.")
+async def stats(_: Principal = Depends(require("admin")), gate=Depends(ingress)) -> dict:
+    return await gate.actors[control.MONITOR].stats.remote()
+
+
+@app.put("/v1/admin/agents/{name}/traffic", summary="Change an agent's version weights at run time.")
+async def set_traffic(
+    request: Request, name: str, body: TrafficBody, _: Principal = Depends(require("admin")), gate=Depends(ingress)
+) -> dict:
+    return await gate.set_traffic(request, name, body)
+
+
+@app.post("/v1/admin/keys", status_code=201, summary="Create an API key (shown once; stored hashed).")
+async def create_key(
+    request: Request, body: KeyBody, _: Principal = Depends(require("admin")), gate=Depends(ingress)
+) -> dict:
+    return gate.create_key(request, body)
+
+
+@app.get("/v1/admin/audit", summary="Audit records, newest last.")
+async def audit(
+    since: datetime | None = Query(None, description="ISO 8601; records at or after it."),
+    agent: str | None = Query(None, max_length=64, description="Only this agent's records."),
+    limit: int = Query(100, ge=1, description="Most records to return (newest)."),
+    _: Principal = Depends(require("admin")),
+    gate=Depends(ingress),
+) -> dict:
+    return await gate.audit(since, agent, limit)
+
+
+@app.get("/metrics", summary="Prometheus metrics.")
+async def metrics(request: Request, gate=Depends(ingress)) -> Response:
+    if not gate.config.auth.anonymous_metrics:
+        gate.authorize(request, "admin")
+    payload = await gate.actors[control.MONITOR].prometheus.remote()
+    return Response(payload, media_type="text/plain; version=0.0.4; charset=utf-8")
+

@@ -1,0 +1,222 @@
+"""Audit: the Parquet record round trip, redaction, day partitions, filters and write failures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pyarrow.dataset as ds
+import pytest
+
+from actors.audit import AUDIT_SCHEMA, AuditWriter, read_audit
+from cluster.storage import Storage
+
+DAY1 = datetime(2024, 3, 1, 23, 59, 0, tzinfo=timezone.utc)
+DAY2 = DAY1 + timedelta(minutes=2)
+
+
+def redact(text: str) -> str:
+    """Test double for the PII specialist: hides every digit."""
+    return "".join("#" if char.isdigit() else char for char in text)
+
+
+class FakeClock:
+    def __init__(self, now: float = DAY1.timestamp()):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(request_id: str, ts: datetime | float | str = DAY1, **fields) -> dict:
+    return {"request_id": request_id, "ts": ts, "endpoint": "/v1/route", "agent": "sentiment", **fields}
+
+
+@pytest.fixture
+def storage(tmp_path) -> Storage:
+    return Storage(str(tmp_path / "store"))
+
+
+@pytest.fixture
+def writer(storage) -> AuditWriter:
+    return AuditWriter(storage, batch_size=1_000, flush_interval_s=3_600, redactor=redact, clock=FakeClock())
+
+
+def audit_files(storage: Storage) -> list[str]:
+    return sorted(storage.fs.find(storage.path("audit")))
+
+
+def test_round_trip_keeps_every_field_and_type(storage, writer):
+    text = "call me at 555-0100 ✓"
+    full = record(
+        "r-1", principal="key-7", version="v2", routed_by="router", confidence=0.91, status_code=200,
+        latency_ms=12.5, text=text, output={"label": "POSITIVE", "scores": {"POSITIVE": 0.97}}, error=None,
+    )
+    assert writer.write([full]) == 1
+    assert writer.flush() == 1
+
+    [row] = read_audit(storage)
+    assert row == {
+        "request_id": "r-1", "ts": "2024-03-01T23:59:00+00:00", "principal": "key-7", "endpoint": "/v1/route",
+        "agent": "sentiment", "version": "v2", "routed_by": "router", "confidence": 0.91, "status_code": 200,
+        "latency_ms": 12.5, "input_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "input_chars": len(text), "input_text": "call me at ###-#### ✓",
+        "output": json.dumps({"label": "POSITIVE", "scores": {"POSITIVE": 0.97}}, sort_keys=True), "error": None,
+    }
+    [path] = audit_files(storage)
+    assert ds.dataset(path, format="parquet").schema.equals(AUDIT_SCHEMA)
+
+
+def test_missing_optional_fields_are_null_and_ts_forms_agree(storage, writer):
+    writer.write([record("a", DAY1.timestamp()), record("b", "2024-03-01T23:59:00Z"), record("c", DAY1.replace(tzinfo=None))])
+    writer.flush()
+    rows = read_audit(storage)
+    assert [row["ts"] for row in rows] == ["2024-03-01T23:59:00+00:00"] * 3
+    optional = ("principal", "confidence", "status_code", "input_text", "output")
+    assert all(row[name] is None for row in rows for name in optional)
+
+
+def test_store_input_text_false_keeps_hash_but_not_text(storage):
+    writer = AuditWriter(storage, store_input_text=False)
+    writer.write([record("r-1", text="secret 123")])
+    writer.flush()
+    [row] = read_audit(storage)
+    assert row["input_text"] is None
+    assert row["input_sha256"] == hashlib.sha256(b"secret 123").hexdigest()
+    assert row["input_chars"] == 10
+
+
+def test_text_without_redactor_is_refused(storage):
+    with pytest.raises(ValueError, match="redactor"):
+        AuditWriter(storage)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"input_text": "raw"}, "input_text"),
+        ({"colour": "red", "mood": 1}, r"\['colour', 'mood'\]"),
+        ({"request_id": None}, "request_id"),
+        ({"status_code": 200.5}, "integer"),
+        ({"confidence": "high"}, "confidence"),
+        ({"ts": "yesterday"}, "yesterday"),
+    ],
+)
+def test_invalid_records_are_rejected_whole(writer, bad, message):
+    with pytest.raises(ValueError, match=message):
+        writer.write([record("ok"), {**record("bad"), **bad}])
+    assert writer.buffered == 0
+
+
+def test_one_file_per_day_in_day_partitions(storage, writer):
+    writer.write([record("a", DAY1), record("b", DAY2), record("c", DAY1)])
+    assert writer.flush() == 3
+    files = audit_files(storage)
+    assert [path.split("/")[-2] for path in files] == ["day=2024-03-01", "day=2024-03-02"]
+    assert all(path.split("/")[-1].startswith("part-2024") and path.endswith(".parquet") for path in files)
+    assert [row["request_id"] for row in read_audit(storage)] == ["a", "c", "b"]
+
+
+def test_filters_since_until_agent_endpoint_ids_and_limit(storage, writer):
+    start = datetime(2024, 3, 1, tzinfo=timezone.utc)
+    writer.write(
+        [record(f"r-{i}", start + timedelta(hours=12 * i), agent="sentiment" if i % 2 else "language") for i in range(8)]
+        + [record("op-1", start + timedelta(hours=1), endpoint="admin.weights", agent=None)]
+    )
+    writer.flush()
+
+    def ids(**filters) -> list[str]:
+        return [row["request_id"] for row in read_audit(storage, **filters)]
+
+    assert ids(limit=3) == ["r-5", "r-6", "r-7"]
+    assert ids(since=start + timedelta(hours=36)) == ["r-3", "r-4", "r-5", "r-6", "r-7"]
+    assert ids(since=start + timedelta(hours=12), until=start + timedelta(hours=36)) == ["r-1", "r-2"]
+    assert ids(agent="sentiment", limit=2) == ["r-5", "r-7"]
+    assert ids(endpoint="admin.weights") == ["op-1"]
+    assert ids(request_ids=["r-0", "op-1", "missing"]) == ["r-0", "op-1"]
+    assert ids(since=start + timedelta(days=30)) == []
+
+
+def test_reading_before_anything_was_written(storage):
+    assert read_audit(storage) == []
+
+
+def test_batch_size_and_interval_trigger_flushes(storage):
+    clock = FakeClock()
+    writer = AuditWriter(storage, batch_size=3, flush_interval_s=10, redactor=redact, clock=clock)
+    assert writer.write([record("a"), record("b")]) == 2
+    assert writer.maybe_flush() == 0
+    assert writer.write([record("c")]) == 0
+    assert len(audit_files(storage)) == 1
+
+    writer.write([record("d")])
+    clock.now += 10
+    assert writer.maybe_flush() == 1
+    writer.write([record("e")])
+    clock.now += 10
+    assert writer.write([record("f")]) == 0
+    assert writer.close() == 0
+    assert len(read_audit(storage)) == 6
+
+
+def test_failed_write_keeps_records_until_a_later_flush(storage, writer, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("disk on fire")
+
+    writer.write([record("a", DAY1), record("b", DAY2)])
+    monkeypatch.setattr(storage.fs, "pipe_file", broken)
+    with pytest.raises(OSError, match="disk on fire"):
+        writer.flush()
+    assert writer.buffered == 2
+    assert read_audit(storage) == []
+
+    monkeypatch.undo()
+    assert writer.flush() == 2
+    assert writer.buffered == 0
+    assert [row["request_id"] for row in read_audit(storage)] == ["a", "b"]
+
+
+def test_automatic_flush_failure_does_not_fail_write(storage, monkeypatch):
+    writer = AuditWriter(storage, batch_size=1, redactor=redact)
+    monkeypatch.setattr(storage.fs, "pipe_file", lambda *args, **kwargs: (_ for _ in ()).throw(OSError("full")))
+    assert writer.write([record("a")]) == 1
+    monkeypatch.undo()
+    assert writer.write([record("b")]) == 0
+    assert [row["request_id"] for row in read_audit(storage)] == ["a", "b"]
+
+
+def test_two_writers_share_a_partition(storage):
+    clock = FakeClock()
+    first, second = (AuditWriter(storage, redactor=redact, clock=clock) for _ in range(2))
+    first.write([record("from-first", DAY1)])
+    second.write([record("from-second", DAY1 + timedelta(seconds=1))])
+    first.flush()
+    second.flush()  # same clock, same second: only the uuid tells the names apart
+
+    files = audit_files(storage)
+    assert len(files) == 2 and len({path.rsplit("/", 2)[-2] for path in files}) == 1
+    assert [row["request_id"] for row in read_audit(storage)] == ["from-first", "from-second"]
+
+
+def test_hidden_temp_files_are_ignored_by_readers(storage, writer):
+    writer.write([record("a")])
+    writer.flush()
+    partition = audit_files(storage)[0].rsplit("/", 1)[0]
+    storage.fs.pipe_file(f"{partition}/.part-half-written.parquet.tmp", b"PAR1 truncated")
+    assert [row["request_id"] for row in read_audit(storage)] == ["a"]
+
+
+def test_object_store_path_through_fsspec():
+    """memory:// stands in for s3:// here: not local, so files are PUT whole without a rename."""
+    storage = Storage(f"memory://audit-test-{uuid.uuid4().hex}")
+    assert not storage.is_local
+    writer = AuditWriter(storage, redactor=redact)
+    try:
+        writer.write([record("a", DAY1), record("b", DAY2)])
+        assert writer.flush() == 2
+        assert [row["request_id"] for row in read_audit(storage, since=DAY2)] == ["b"]
+        assert len(audit_files(storage)) == 2
+    finally:
+        storage.fs.rm(storage.root, recursive=True)
