@@ -19,6 +19,7 @@ from cluster.config import (
     load_orchestra,
     resolve_storage_uri,
 )
+from cluster.version import code_version
 from serve.agent import AgentVersion
 from serve.ingress import Ingress
 from serve.proxy import CALLBACK_ENV
@@ -109,7 +110,12 @@ def serve_config(config_path: str | Path, base_dir: str | Path, working_dir: str
                 "name": APP_NAME,
                 "route_prefix": "/",
                 "import_path": "serve.builder:build_app",
-                "args": {"config": str(Path(config_path).resolve()), "base_dir": str(Path(base_dir).resolve())},
+                "args": {
+                    "config": str(Path(config_path).resolve()),
+                    "base_dir": str(Path(base_dir).resolve()),
+                    # A new code version changes the config, so Serve restarts the replicas.
+                    "code_version": code_version(),
+                },
                 "runtime_env": runtime_env,
                 "deployments": deployments,
             }

@@ -96,8 +96,13 @@ async def _handle_error(request: Request, error: Exception) -> JSONResponse:
     return error_response(baton_error, request_id_of(request))
 
 
-def ingress(request: Request):
-    return request.app.state.ingress
+# Serve ships the FastAPI app to the replica by value, so ``app.state`` there is a copy;
+# this module-level slot (one Gateway per replica process) is what routes read.
+_gateway: list[Gateway] = []
+
+
+def ingress() -> Gateway:
+    return _gateway[0]
 
 
 def require(role: str):
@@ -107,9 +112,11 @@ def require(role: str):
     return dependency
 
 
-@serve.deployment
-@serve.ingress(app)
-class Ingress:
+class Gateway:
+    """The ingress replica's state; wrapped as the ``Ingress`` deployment at the end of the
+    module because Serve captures the FastAPI app (its routes) when ``serve.ingress`` runs.
+    """
+
     def __init__(self, config: dict, storage_uri: str, agents: dict[str, dict[str, DeploymentHandle]]):
         self.config = OrchestraConfig.model_validate(config)
         self.storage_uri = storage_uri
@@ -133,7 +140,7 @@ class Ingress:
         self.monitor_reporter = BufferedReporter(self.actors[control.MONITOR].record.remote, name="monitor", **kwargs)
         self.audit_reporter = BufferedReporter(self.actors[control.AUDIT].write.remote, name="audit", **kwargs)
         self._background: list[asyncio.Task] = []
-        app.state.ingress = self
+        _gateway[:] = [self]
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -310,7 +317,7 @@ def note(request: Request, **fields: Any) -> None:
 
 @app.middleware("http")
 async def _request_envelope(request: Request, call_next) -> Response:
-    gate: Ingress = request.app.state.ingress
+    gate = ingress()
     gate._ensure_background()
     started, wall_start = time.perf_counter(), time.time()
     incoming = request.headers.get("x-request-id", "")
@@ -408,3 +415,5 @@ async def metrics(request: Request, gate=Depends(ingress)) -> Response:
     payload = await gate.actors[control.MONITOR].prometheus.remote()
     return Response(payload, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+
+Ingress = serve.deployment(serve.ingress(app)(Gateway))
