@@ -127,7 +127,8 @@ class AuditWriter:
         self._storage = storage
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
-        self._redactor = redactor if store_input_text else None
+        self._redactor = redactor
+        self._store_input_text = store_input_text
         self._clock = clock
         # A timer thread may call maybe_flush while a request thread writes.
         self._lock = threading.RLock()
@@ -188,9 +189,21 @@ class AuditWriter:
         ts = record.get("ts")
         row["ts"] = to_utc(self._clock() if ts is None else ts)
         row["status_code"] = _status_code(row["status_code"])
-        row["output"] = _output_text(record.get("output"))
+        row["output"] = _output_text(self._redact_strings(record.get("output")))
         row.update(self._input_fields(record.get("text")))
         return row
+
+    def _redact_strings(self, value: Any) -> Any:
+        """Outputs quote their input (entity texts, echoes), so every string in them is redacted too."""
+        if self._redactor is None or value is None:
+            return value
+        if isinstance(value, str):
+            return self._redactor(value)
+        if isinstance(value, dict):
+            return {key: self._redact_strings(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._redact_strings(item) for item in value]
+        return value
 
     def _input_fields(self, text: str | None) -> dict[str, Any]:
         if text is None:
@@ -200,7 +213,7 @@ class AuditWriter:
         return {
             "input_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
             "input_chars": len(text),
-            "input_text": self._redactor(text) if self._redactor else None,
+            "input_text": self._redactor(text) if self._store_input_text else None,
         }
 
     @staticmethod

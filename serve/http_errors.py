@@ -23,6 +23,7 @@ from cluster.errors import (
 
 logger = logging.getLogger(__name__)
 
+SERVE_UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
 _BODY_NOT_OBJECT = {"json_invalid", "missing", "model_attributes_type", "dict_type"}
 
 
@@ -54,6 +55,7 @@ def from_http_exception(error: StarletteHTTPException) -> BatonError:
 
 
 def from_serve_error(error: Exception) -> BatonError | None:
+    """Serve's own back-pressure and availability errors, as our 503s."""
     if isinstance(error, BackPressureError):
         return Overloaded("the agent's queue is full; retry shortly", retry_after_s=1)
     if isinstance(error, (DeploymentUnavailableError, ReplicaUnavailableError)):

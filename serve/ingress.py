@@ -40,7 +40,7 @@ from cluster.errors import (
 from cluster.keys import KeyStore, Principal
 from cluster.storage import Storage
 from serve import control
-from serve.http_errors import error_response, to_baton_error
+from serve.http_errors import SERVE_UNAVAILABLE, error_response, from_serve_error, to_baton_error
 
 logger = logging.getLogger(__name__)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -232,6 +232,9 @@ class Gateway:
             result = await asyncio.wait_for(
                 handle.predict.remote(text, options), timeout=self.config.limits.agent_timeout_s
             )
+        except SERVE_UNAVAILABLE as error:
+            # Serve installs its own plain-text handlers for these; answer in our shape first.
+            raise from_serve_error(error) from None
         except asyncio.TimeoutError:
             raise Unavailable(
                 f"agent {agent!r} {version} did not answer within {self.config.limits.agent_timeout_s}s",

@@ -1,0 +1,105 @@
+"""One Ray instance (2 CPUs) and one baton Serve application for the whole session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_CONFIG = REPO / "configs" / "test.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    from serve.builder import cluster_env
+
+    os.environ.update(cluster_env())
+    # Point away from any `make up` cluster on this machine: tests own their instance.
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(
+        num_cpus=2,
+        object_store_memory=256 * 1024 * 1024,
+        include_dashboard=True,
+        dashboard_port=free_port(),
+        namespace="baton-tests",
+        log_to_driver=False,
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def storage_uri(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("storage"))
+
+
+@pytest.fixture(scope="session")
+def test_config(storage_uri):
+    from serve.builder import load
+
+    config = load(TEST_CONFIG)
+    return config.model_copy(update={"storage": storage_uri})
+
+
+@pytest.fixture(scope="session")
+def admin_key(storage_uri) -> str:
+    from cluster.keys import KeyStore
+    from cluster.storage import Storage
+
+    key, _ = KeyStore(Storage(storage_uri)).create("admin", "integration-tests")
+    return key
+
+
+@pytest.fixture(scope="session")
+def baton_url(ray_session, test_config, storage_uri, admin_key) -> str:
+    from ray import serve
+
+    from serve.builder import APP_NAME, build_application
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_application(test_config, storage_uri), name=APP_NAME, route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        pytest.fail("baton did not become healthy within 300 s")
+    yield url
+    serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def client(baton_url, admin_key):
+    with httpx.Client(base_url=baton_url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=60) as http:
+        yield http
+
+
+@pytest.fixture
+def new_key(client):
+    """Make a fresh key (its own rate-limit bucket) with the given role."""
+
+    def make(role: str = "invoke") -> str:
+        response = client.post("/v1/admin/keys", json={"role": role, "name": f"test-{role}"})
+        assert response.status_code == 201, response.text
+        return response.json()["key"]
+
+    return make
