@@ -62,6 +62,9 @@ class VersionSettings(Strict):
     batching: BatchingSettings = Field(default_factory=BatchingSettings, description="Request batching for batchable models.")
     resources: ResourceSettings = Field(default_factory=ResourceSettings, description="Per-replica resources.")
     max_ongoing_requests: int = Field(32, ge=1, description="Requests one replica handles at once.")
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, description="Cap of this version's replicas on one node; 1 spreads them for availability."
+    )
     max_queued_requests: int = Field(
         200, ge=1, description="Requests a caller may queue for this version before it answers 503 overloaded."
     )

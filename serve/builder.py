@@ -46,12 +46,15 @@ def _actor_options(resources: ResourceSettings) -> dict[str, Any]:
 
 
 def version_options(version: VersionSettings) -> dict[str, Any]:
-    return {
+    options = {
         "autoscaling_config": version.autoscaling.model_dump(exclude_none=True),
         "max_ongoing_requests": version.max_ongoing_requests,
         "max_queued_requests": version.max_queued_requests,
         "ray_actor_options": _actor_options(version.resources),
     }
+    if version.max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = version.max_replicas_per_node
+    return options
 
 
 def ingress_options(config: OrchestraConfig) -> dict[str, Any]:

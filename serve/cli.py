@@ -64,20 +64,43 @@ def ensure_dev_key(store: KeyStore, path: Path = DEV_KEY) -> str:
     return key
 
 
-def wait_healthy(url: str, timeout_s: float) -> None:
+def _application_state() -> tuple[str, str | None]:
+    """(status, code_version) of the baton application as Serve reports it."""
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    from serve.builder import APP_NAME
+
+    details = ServeSubmissionClient(local.DASHBOARD_URL).get_serve_details()
+    application = details.get("applications", {}).get(APP_NAME) or {}
+    args = (application.get("deployed_app_config") or {}).get("args") or {}
+    return application.get("status", "NOT_STARTED"), args.get("code_version")
+
+
+def wait_ready(url: str, deployed: dict, timeout_s: float) -> None:
+    """Wait until Serve runs *this* deployment (not the previous one) and /healthz answers."""
+    wanted = deployed["applications"][0]["args"]["code_version"]
     deadline = time.monotonic() + timeout_s
-    with console.status(f"waiting for {url}/healthz ..."):
+    status = "NOT_STARTED"
+    with console.status("deploying ...") as spinner:
         while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            status, running_version = _application_state()
+            spinner.update(f"application {status.lower()} ...")
+            if status == "DEPLOY_FAILED":
+                raise BatonError("deployment failed; see `baton status` and the Serve logs in /tmp/ray/session_latest/logs/serve")
+            if status == "RUNNING" and running_version == wanted and _healthy(url):
+                return
             time.sleep(1)
-    raise BatonError(f"{url}/healthz did not answer within {timeout_s:.0f}s; see `baton status` and the Ray dashboard")
+    raise BatonError(f"not ready within {timeout_s:.0f}s (application {status}); see `baton status` and the Ray dashboard")
 
 
-def deploy(config_path: Path) -> OrchestraConfig:
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def deploy(config_path: Path) -> dict:
     """Deploy (or redeploy) the orchestra on the running cluster, as `serve deploy` would."""
     import ray
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
@@ -91,8 +114,9 @@ def deploy(config_path: Path) -> OrchestraConfig:
         reset_traffic_if_stale(config, resolve_storage_uri(config, Path.cwd()))
     finally:
         ray.shutdown()
-    ServeSubmissionClient(local.DASHBOARD_URL).deploy_applications(serve_config(config_path, Path.cwd()))
-    return config
+    deployed = serve_config(config_path, Path.cwd())
+    ServeSubmissionClient(local.DASHBOARD_URL).deploy_applications(deployed)
+    return deployed
 
 
 def up(
@@ -109,9 +133,9 @@ def up(
         local.start_head(cluster_env(), num_cpus)
     ensure_dev_key(KeyStore(_storage(config)))
     console.print(f"deploying {config_path} ({len(config.agents)} agents) ...")
-    deploy(config_path)
+    deployed = deploy(config_path)
     url = _base_url(config)
-    wait_healthy(url, timeout_s)
+    wait_ready(url, deployed, timeout_s)
     print(f"baton is up.\n  API:        {url}  (docs: {url}/docs)\n  dashboard:  {local.DASHBOARD_URL}")
     print(f"  admin key:  {DEV_KEY} (mode 600)")
     print(
@@ -154,11 +178,7 @@ def status(config_path: Path = ConfigOption) -> None:
             table.add_row(app_name, name, deployment["status"], str(len(deployment.get("replicas", []))))
     Console().print(table)
     url = _base_url(config)
-    try:
-        healthy = httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        healthy = False
-    print(f"{url}/healthz: {'ok' if healthy else 'not answering'}")
+    print(f"{url}/healthz: {'ok' if _healthy(url) else 'not answering'}")
 
 
 def serve_config(

@@ -1,0 +1,114 @@
+"""SemanticRouter, SessionStore and the routing evaluation, on the real MiniLM embeddings."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.router import Embedder, SemanticRouter, SessionStore
+from actors.routing_eval import evaluate_router
+from cluster.config import AgentSettings, RouterSettings
+from cluster.errors import NotFound
+
+AGENTS = [
+    AgentSettings(
+        name="weather",
+        kind="echo",
+        description="weather forecasts, temperature, rain and snow",
+        examples=["will it rain tomorrow", "what's the temperature in Berlin", "is it going to snow this weekend"],
+        versions=[{"version": "v1", "weight": 100}],
+    ),
+    AgentSettings(
+        name="banking",
+        kind="echo",
+        description="bank accounts, balances, transfers and cards",
+        examples=["what's my account balance", "transfer 50 dollars to savings", "freeze my credit card"],
+        versions=[{"version": "v1", "weight": 100}],
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def embed():
+    return Embedder()
+
+
+class FakeClock:
+    """Test double for time: advanced by hand."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_router(embed, clock=None, **settings) -> SemanticRouter:
+    base = {"threshold": 0.5, "calibration": {"midpoint": 0.35, "temperature": 0.05}}
+    return SemanticRouter(AGENTS, RouterSettings.model_validate({**base, **settings}), embed, clock=clock or FakeClock())
+
+
+def test_routes_by_meaning_with_calibrated_confidence(embed):
+    router = make_router(embed)
+    decision = router.decide("how much money is in my checking account?")
+    assert (decision.agent, decision.routed_by) == ("banking", "router")
+    assert 0.5 <= decision.confidence <= 1.0
+    assert [c["agent"] for c in decision.candidates] == ["banking", "weather"]
+    assert decision.candidates[0]["score"] >= decision.candidates[1]["score"]
+    assert router.decide("should I bring an umbrella today, will it rain").agent == "weather"
+
+
+def test_below_threshold_goes_to_none_or_fallback(embed):
+    assert make_router(embed).decide("recipe for a chocolate cake").routed_by == "none"
+    fallback = make_router(embed, fallback_agent="weather").decide("recipe for a chocolate cake")
+    assert (fallback.agent, fallback.routed_by) == ("weather", "fallback")
+
+
+def test_direct_agent_and_unknown_agent(embed):
+    router = make_router(embed)
+    assert router.decide("anything", agent="weather").routed_by == "direct"
+    with pytest.raises(NotFound, match="ghost"):
+        router.decide("anything", agent="ghost")
+
+
+def test_short_follow_up_stays_in_session_until_ttl(embed):
+    clock = FakeClock()
+    router = make_router(embed, clock=clock, session={"ttl_s": 60, "short_followup_words": 3})
+    assert router.decide("what's my account balance please", session_id="s").agent == "banking"
+    follow = router.decide("and tomorrow?", session_id="s")
+    assert (follow.agent, follow.routed_by) == ("banking", "session")
+    clock.now = 61
+    assert router.decide("and tomorrow?", session_id="s").routed_by != "session"
+
+
+def test_confident_long_request_leaves_the_session(embed):
+    router = make_router(embed)
+    router.decide("transfer 50 dollars to my savings account", session_id="s")
+    switched = router.decide("will it rain or snow in Berlin this weekend", session_id="s")
+    assert (switched.agent, switched.routed_by) == ("weather", "router")
+
+
+def test_session_store_evicts_oldest():
+    store = SessionStore(ttl_s=100, max_sessions=2, clock=FakeClock())
+    for session in ("a", "b", "c"):
+        store.remember(session, "x")
+    assert store.get("a") is None and store.get("c") == "x"
+
+
+def test_evaluate_router_counts_accuracy_rejection_and_oos(embed):
+    rows = [
+        {"text": "what's the weather like in Paris", "agent": "weather"},
+        {"text": "send money to my brother's account", "agent": "banking"},
+        {"text": "recipe for a chocolate cake", "agent": "oos"},
+        {"text": "who won the football match", "agent": None},
+    ]
+    report = evaluate_router(make_router(embed), rows, none_label="oos")
+    assert report.n == 4
+    assert report.in_scope_accuracy == 1.0 and report.in_scope_rejection == 0.0
+    assert report.oos_recall == 1.0
+    assert report.confusion[("weather", "weather")] == 1
+    assert set(report.summary()) == {"in_scope_accuracy", "oos_recall", "in_scope_rejection", "n", "p50_ms", "p95_ms"}
+
+
+def test_evaluate_router_rejects_labels_that_are_not_agents(embed):
+    with pytest.raises(ValueError, match="sports"):
+        evaluate_router(make_router(embed), [{"text": "goal!", "agent": "sports"}])

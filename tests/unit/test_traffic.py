@@ -1,0 +1,72 @@
+"""TrafficTable: validation, weighted picks, stickiness, generations."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from actors.traffic import TrafficTable
+from cluster.errors import Conflict, NotFound, ValidationFailed
+
+
+def table() -> TrafficTable:
+    return TrafficTable({"sentiment": {"weights": {"v1": 90, "v2": 10}, "sticky": True}})
+
+
+def test_picks_follow_the_weights():
+    rng = random.Random(7)
+    counts = Counter(table().pick("sentiment", rng=rng) for _ in range(20_000))
+    assert 0.88 < counts["v1"] / 20_000 < 0.92
+
+
+def test_sticky_key_keeps_its_version_and_moves_only_when_its_slice_moves():
+    traffic = table()
+    before = {f"user-{i}": traffic.pick("sentiment", f"user-{i}") for i in range(2_000)}
+    assert all(traffic.pick("sentiment", key) == version for key, version in before.items())
+    traffic.set_weights("sentiment", {"v1": 80, "v2": 20})
+    after = {key: traffic.pick("sentiment", key) for key in before}
+    moved = [key for key in before if before[key] != after[key]]
+    assert all(before[k] == "v1" and after[k] == "v2" for k in moved)
+    assert 0.05 < len(moved) / len(before) < 0.15
+
+
+def test_zero_weight_version_gets_nothing():
+    traffic = table()
+    traffic.set_weights("sentiment", {"v1": 0, "v2": 100})
+    assert {traffic.pick("sentiment", f"k{i}") for i in range(500)} == {"v2"}
+
+
+@pytest.mark.parametrize(
+    "weights, error, words",
+    [
+        ({"v1": 50, "v3": 50}, Conflict, "v3"),
+        ({"v1": 60, "v2": 60}, ValidationFailed, "100"),
+        ({"v1": -1, "v2": 101}, ValidationFailed, "non-negative"),
+        ({"v1": 99.5, "v2": 0.5}, ValidationFailed, "integer"),
+        ({"v1": True, "v2": 99}, ValidationFailed, "integer"),
+    ],
+)
+def test_bad_weights_are_refused_and_change_nothing(weights, error, words):
+    traffic = table()
+    with pytest.raises(error, match=words):
+        traffic.set_weights("sentiment", weights)
+    assert traffic.weights("sentiment") == {"v1": 90, "v2": 10} and traffic.generation == 0
+
+
+def test_unknown_agent_is_not_found():
+    with pytest.raises(NotFound):
+        table().set_weights("ghost", {"v1": 100})
+
+
+def test_change_returns_before_after_and_replicas_follow_newer_snapshots():
+    leader, follower = table(), table()
+    before, after = leader.set_weights("sentiment", {"v1": 50, "v2": 50}, sticky=False)
+    assert before == {"weights": {"v1": 90, "v2": 10}, "sticky": True}
+    assert after == {"weights": {"v1": 50, "v2": 50}, "sticky": False}
+    follower.load(leader.snapshot())
+    assert follower.weights("sentiment") == {"v1": 50, "v2": 50} and follower.generation == 1
+    stale = table().snapshot()
+    follower.load(stale)
+    assert follower.weights("sentiment") == {"v1": 50, "v2": 50}
