@@ -202,14 +202,15 @@ def _metric(manifest: Manifest, metric: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _gate(name: str, candidate: str, champion: str, metric: str, values: tuple[float, float | None], margin: float) -> None:
+def _gate(candidate: str, champion: str, metric: str, values: tuple[float, float | None], margin: float) -> None:
+    """Refuse unless the candidate's value is at least the champion's plus the margin."""
     candidate_value, champion_value = values
     if champion_value is None:
-        raise GateRefused(f"champion {name}:{champion} has no metric {metric!r} to compare; use force to promote anyway")
+        raise GateRefused(f"champion {champion} has no metric {metric!r} to compare; use force to promote anyway")
     needed = champion_value + margin
     if candidate_value < needed and not math.isclose(candidate_value, needed, rel_tol=1e-9, abs_tol=1e-12):
         raise GateRefused(
-            f"{name}:{candidate} {metric} = {candidate_value} does not beat champion {name}:{champion} "
+            f"{candidate} {metric} = {candidate_value} does not beat champion {champion} "
             f"{metric} = {champion_value} by the margin {margin} (needs >= {needed})"
         )
 
@@ -272,7 +273,8 @@ class ModelRegistry:
         for name in self._children(self._path(), NAME_PATTERN):
             versions = self._complete_versions(name)
             if versions:
-                models.append({"name": name, "versions": versions, "aliases": self._read_aliases(name), "latest": versions[-1]})
+                aliases = self._read_aliases(name)
+                models.append({"name": name, "versions": versions, "aliases": aliases, "latest": versions[-1]})
         return models
 
     def versions(self, name: str) -> list[Manifest]:
@@ -312,11 +314,12 @@ class ModelRegistry:
 
     def set_alias(self, name: str, version: str, alias: str) -> dict[str, Any]:
         """Point ``alias`` at an existing version; returns {name, alias, before, after} for the audit log."""
-        self._require_version(check_name(name), check_version(version))
         check_alias(alias)
+        self._require_version(check_name(name), check_version(version))
 
         def change(aliases: dict[str, str]) -> dict[str, Any]:
-            before, aliases[alias] = aliases.get(alias), version
+            before = aliases.get(alias)
+            aliases[alias] = version
             return {"name": name, "alias": alias, "before": before, "after": version}
 
         return self._update_aliases(name, change)
@@ -340,16 +343,20 @@ class ModelRegistry:
             return target
         return self._download(source, manifest, target)
 
-    def promote(self, name: str, candidate_version: str, *, metric: str, margin: float, force: bool = False) -> dict[str, Any]:
+    def promote(
+        self, name: str, candidate_version: str, *, metric: str, margin: float, force: bool = False
+    ) -> dict[str, Any]:
         """Make the candidate the champion if its ``metric`` (higher is better) is at least the
         champion's plus ``margin``, or there is no champion, or ``force``; the old champion
         becomes ``previous``. Raises GateRefused otherwise, leaving the aliases unchanged."""
-        candidate = self.manifest(name, candidate_version)
         if not math.isfinite(margin):
             raise ValidationFailed(f"invalid margin {margin!r}: must be a finite number")
+        candidate = self.manifest(name, candidate_version)
         candidate_value = _metric(candidate, metric)
         if candidate_value is None and not force:
-            raise ValidationFailed(f"{name}:{candidate_version} has no numeric metric {metric!r} (metrics: {sorted(candidate.metrics)})")
+            raise ValidationFailed(
+                f"{name}:{candidate_version} has no numeric metric {metric!r} (metrics: {sorted(candidate.metrics)})"
+            )
 
         def change(aliases: dict[str, str]) -> dict[str, Any]:
             before = aliases.get(CHAMPION)
@@ -357,7 +364,7 @@ class ModelRegistry:
                 raise Conflict(f"{name}:{candidate_version} is already the champion")
             champion_value = _metric(self.manifest(name, before), metric) if before else None
             if before and not force:
-                _gate(name, candidate_version, before, metric, (candidate_value, champion_value), margin)
+                _gate(f"{name}:{candidate_version}", f"{name}:{before}", metric, (candidate_value, champion_value), margin)
             aliases[CHAMPION] = candidate_version
             if before:
                 aliases[PREVIOUS] = before

@@ -48,7 +48,8 @@ class DataSpec(Strict):
         None, description="Format of every file; default: from each file's extension (.jsonl/.json, .csv, .tsv, .parquet)."
     )
     label_map: dict[str, str] | None = Field(
-        None, description="Raw label (compared as a string) -> label name, e.g. {'0': 'NEGATIVE'}; every raw label must be mapped."
+        None,
+        description="Raw label (compared as a string) -> label name, e.g. {'0': 'NEGATIVE'}; every raw label must be mapped.",
     )
     max_rows: int | None = Field(
         None, ge=2, description="For quick runs: a seeded sample of at most this many train rows, drawn before the split."
@@ -174,7 +175,8 @@ def _format(uri: str, override: Format | None) -> Format:
         return override
     extension = posixpath.splitext(uri)[1].lower()
     if extension not in EXTENSIONS:
-        raise DataError(f"{uri}: unknown format {extension or '(no extension)'!r}; set format to one of {sorted(set(EXTENSIONS.values()))}")
+        known = sorted(set(EXTENSIONS.values()))
+        raise DataError(f"{uri}: unknown format {extension or '(no extension)'!r}; set format to one of {known}")
     return EXTENSIONS[extension]
 
 
@@ -223,7 +225,9 @@ def _parse_csv(raw: bytes, uri: str, tsv: bool, string_columns: list[str]) -> pa
             # Single-threaded so pyarrow knows the line number of a bad row.
             read_options=pa_csv.ReadOptions(use_threads=False),
             # TSV (e.g. GLUE) has no quoting: a quote is part of the text.
-            parse_options=pa_csv.ParseOptions(delimiter="\t" if tsv else ",", quote_char=False if tsv else '"', invalid_row_handler=reject),
+            parse_options=pa_csv.ParseOptions(
+                delimiter="\t" if tsv else ",", quote_char=False if tsv else '"', invalid_row_handler=reject
+            ),
             # Labels stay strings ("01" is not 1), whatever pyarrow would infer.
             convert_options=pa_csv.ConvertOptions(column_types={c: pa.string() for c in string_columns}),
         )
@@ -292,7 +296,9 @@ def _check_train_labels(rows: list[_Row]) -> None:
 def _check_validation_labels(rows: list[_Row], known: set[str]) -> None:
     for row in rows:
         if row.label not in known:
-            raise DataError(f"{row.where}: validation label {row.label!r} is not in train (train labels: {sorted(known)[:20]})")
+            raise DataError(
+                f"{row.where}: validation label {row.label!r} is not in train (train labels: {sorted(known)[:20]})"
+            )
 
 
 def _stratified_split(rows: list[_Row], fraction: float, seed: int) -> tuple[list[_Row], list[_Row]]:

@@ -1,0 +1,1 @@
+"""Benchmarks for baton; run each as ``python -m benchmarks.<name>``."""

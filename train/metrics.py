@@ -1,0 +1,43 @@
+"""Classification metrics from a confusion matrix: accuracy, macro-F1, per-class F1, and
+in-scope accuracy / out-of-scope recall when one label means "none of the above".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def predictions(probabilities: np.ndarray, oos_index: int | None, oos_threshold: float) -> np.ndarray:
+    """Arg-max labels; below ``oos_threshold`` top probability the prediction becomes out-of-scope."""
+    predicted = probabilities.argmax(axis=1)
+    if oos_index is not None and oos_threshold > 0:
+        predicted = np.where(probabilities.max(axis=1) < oos_threshold, oos_index, predicted)
+    return predicted
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return matrix
+
+
+def classification_metrics(confusion: np.ndarray, names: list[str], oos_index: int | None = None) -> dict:
+    """Metrics from ``confusion[true, predicted]`` counts."""
+    total = confusion.sum()
+    true_positive = np.diag(confusion).astype(float)
+    precision = np.divide(true_positive, confusion.sum(axis=0), out=np.zeros_like(true_positive), where=confusion.sum(axis=0) > 0)
+    recall = np.divide(true_positive, confusion.sum(axis=1), out=np.zeros_like(true_positive), where=confusion.sum(axis=1) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(true_positive), where=(precision + recall) > 0)
+    present = confusion.sum(axis=1) > 0
+    metrics = {
+        "accuracy": float(true_positive.sum() / total) if total else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class_f1": {name: round(float(f1[i]), 4) for i, name in enumerate(names)},
+    }
+    if oos_index is not None:
+        in_scope = np.arange(len(names)) != oos_index
+        in_scope_rows = confusion[in_scope].sum()
+        metrics["in_scope_accuracy"] = float(true_positive[in_scope].sum() / in_scope_rows) if in_scope_rows else 0.0
+        oos_rows = confusion[oos_index].sum()
+        metrics["oos_recall"] = float(confusion[oos_index, oos_index] / oos_rows) if oos_rows else 0.0
+    return metrics
