@@ -7,6 +7,7 @@ segments, so user input never becomes a path on its own.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
 import uuid
@@ -15,7 +16,22 @@ from typing import Any
 
 import fsspec
 
+ROOT_ENV = "BATON_ROOT"
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")
+
+
+def resolve_uri(uri: str) -> str:
+    """A relative local path is taken from the working directory if it exists there, else
+    from ``$BATON_ROOT`` (the repository root the cluster was started from), so a Ray job
+    running in an unpacked copy of the repository still finds ``../shared/...`` and ``.baton``.
+    """
+    if "://" in uri or os.path.isabs(uri):
+        return uri
+    here = Path(uri).expanduser()
+    root = os.environ.get(ROOT_ENV)
+    if here.exists() or not root:
+        return str(here.resolve())
+    return str((Path(root) / uri).resolve())
 
 
 def validate_segment(segment: str, what: str = "path segment") -> str:
@@ -29,9 +45,8 @@ class Storage:
     """A root URI (``/abs/path``, ``file://…``, ``s3://bucket/prefix``) and an fsspec filesystem."""
 
     def __init__(self, uri: str, **storage_options: Any):
+        uri = resolve_uri(uri)
         self.uri = uri
-        if "://" not in uri:
-            uri = str(Path(uri).expanduser().resolve())
         self.fs, self.root = fsspec.core.url_to_fs(uri, **storage_options)
         self.root = self.root.rstrip("/") or "/"
 

@@ -19,6 +19,7 @@ from cluster.config import (
     load_orchestra,
     resolve_storage_uri,
 )
+from cluster.storage import ROOT_ENV
 from cluster.version import code_version
 from serve.agent import AgentVersion
 from serve.ingress import Ingress
@@ -126,6 +127,11 @@ def serve_config(config_path: str | Path, base_dir: str | Path, working_dir: str
     }
 
 
-def cluster_env() -> dict[str, str]:
-    """Environment the Ray head needs for baton (offline models, the proxy middleware)."""
-    return {**RUNTIME_ENV_VARS, **CALLBACK_ENV}
+def cluster_env(root: str | Path | None = None) -> dict[str, str]:
+    """Environment the Ray head needs for baton: offline models, the proxy middleware and,
+    for a local head, the repository root that relative paths in jobs resolve against.
+    """
+    env = {**RUNTIME_ENV_VARS, **CALLBACK_ENV}
+    if root is not None:
+        env[ROOT_ENV] = str(Path(root).resolve())
+    return env

@@ -130,7 +130,7 @@ def up(
     config = _load(config_path)
     if not local.dashboard_up():
         console.print("starting a local Ray head ...")
-        local.start_head(cluster_env(), num_cpus)
+        local.start_head(cluster_env(Path.cwd()), num_cpus)
     ensure_dev_key(KeyStore(_storage(config)))
     console.print(f"deploying {config_path} ({len(config.agents)} agents) ...")
     deployed = deploy(config_path)

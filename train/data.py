@@ -19,6 +19,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pa_parquet
 from pydantic import Field, model_validator
 
+from cluster.storage import resolve_uri
 from cluster.config import Strict
 from cluster.errors import ConfigError
 
@@ -57,6 +58,9 @@ class DataSpec(Strict):
     extra_train: list[str] = Field(
         default_factory=list, description="URIs of more training files appended to train, e.g. out-of-scope examples."
     )
+    extra_validation: list[str] = Field(
+        default_factory=list, description="URIs of more validation files appended to validation, e.g. out-of-scope examples."
+    )
 
     @model_validator(mode="after")
     def _distinct_files(self) -> DataSpec:
@@ -68,7 +72,7 @@ class DataSpec(Strict):
 
     def uris(self) -> list[str]:
         """Every file to read, in reading order: train, extra_train, validation."""
-        return [self.train, *self.extra_train, *([self.validation] if self.validation else [])]
+        return [self.train, *self.extra_train, *([self.validation] if self.validation else []), *self.extra_validation]
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,10 @@ def load_dataset(spec: DataSpec) -> PreparedData:
     else:
         train = pool
         validation, digests[spec.validation] = _read_rows(spec.validation, spec)
+    for uri in spec.extra_validation:
+        rows, digests[uri] = _read_rows(uri, spec)
+        validation = validation + rows
+    if spec.validation is not None or spec.extra_validation:
         _check_validation_labels(validation, {row.label for row in train})
     return PreparedData(
         spec=spec,
@@ -157,7 +165,7 @@ def _read_rows(uri: str, spec: DataSpec) -> tuple[list[_Row], str]:
 
 def _read_bytes(uri: str) -> bytes:
     try:
-        fs, path = fsspec.core.url_to_fs(uri)
+        fs, path = fsspec.core.url_to_fs(resolve_uri(uri))
         raw = fs.cat_file(path)
     except FileNotFoundError:
         raise DataError(f"{uri}: no such file") from None
@@ -325,6 +333,7 @@ def _fingerprint(spec: DataSpec, digests: dict[str, str]) -> str:
         "train": digests[spec.train],
         "extra_train": [digests[uri] for uri in spec.extra_train],
         "validation": digests[spec.validation] if spec.validation else None,
+        "extra_validation": [digests[uri] for uri in spec.extra_validation],
         "params": spec.model_dump(include=_FINGERPRINT_PARAMS),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

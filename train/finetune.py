@@ -287,7 +287,7 @@ def run_name(recipe: Recipe, data: PreparedData) -> str:
     return f"{recipe.name}-{digest.hexdigest()[:10]}"
 
 
-def build_trainer(recipe: Recipe, data: PreparedData, storage: Storage, name: str, callbacks: list | None = None):
+def build_trainer(recipe: Recipe, loop: dict[str, Any], storage: Storage, name: str, callbacks: list | None = None):
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -301,7 +301,7 @@ def build_trainer(recipe: Recipe, data: PreparedData, storage: Storage, name: st
         torch_config = TorchConfig(backend=backend)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(recipe, data, storage.uri),
+        train_loop_config=loop,
         torch_config=torch_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=dict(scaling.resources_per_worker)
@@ -361,7 +361,7 @@ def finetune(recipe: Recipe, *, storage_uri: str | None = None, fresh: bool = Fa
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
     started = time.perf_counter()
-    result = build_trainer(recipe, data, storage, name).fit()
+    result = build_trainer(recipe, loop_config(recipe, data, storage.uri), storage, name).fit()
     checkpoint, metrics = best_checkpoint(result, recipe.evaluation.metric)
     manifest = register_result(recipe, data, storage, checkpoint, metrics, extra={"train_wall_s": round(time.perf_counter() - started, 1), "run": name})
     echo(f"registered {manifest.name}:{manifest.version} ({recipe.evaluation.metric} {metrics[recipe.evaluation.metric]:.4f}) in {time.perf_counter() - started:.0f}s")
