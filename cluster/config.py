@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -58,6 +58,12 @@ class VersionSettings(Strict):
     version: str = Field(..., pattern=VERSION_PATTERN, description="Version label, unique within the agent, e.g. 'v1'.")
     weight: int = Field(..., ge=0, le=100, description="Share of the agent's traffic in percent; an agent's weights sum to 100.")
     params: dict[str, Any] = Field(default_factory=dict, description="Kind-specific parameters of the specialist model.")
+    model: str | None = Field(
+        None, description="Registered model to serve: registry://name@alias or registry://name:version (kind classify)."
+    )
+    if_missing: Literal["fail", "skip"] = Field(
+        "fail", description="When the registry lacks the model: fail the deploy, or skip this version (its weight goes to the others)."
+    )
     autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings, description="Replica autoscaling.")
     batching: BatchingSettings = Field(default_factory=BatchingSettings, description="Request batching for batchable models.")
     resources: ResourceSettings = Field(default_factory=ResourceSettings, description="Per-replica resources.")
@@ -68,6 +74,13 @@ class VersionSettings(Strict):
     max_queued_requests: int = Field(
         200, ge=1, description="Requests a caller may queue for this version before it answers 503 overloaded."
     )
+
+
+    def specialist_params(self, storage_uri: str | None = None) -> dict[str, Any]:
+        """The params the specialist is built with: ``params`` plus the model reference."""
+        if self.model is None:
+            return dict(self.params)
+        return {**self.params, "model": self.model, **({"storage": storage_uri} if storage_uri else {})}
 
 
 class AgentSettings(Strict):
@@ -258,7 +271,7 @@ def load_orchestra(
             if check_params is None:
                 continue
             try:
-                check_params(agent.kind, version.params)
+                check_params(agent.kind, version.specialist_params())
             except (ValueError, ValidationError) as error:
                 field = f"agents[{a_index}].versions[{v_index}].params"
                 raise ConfigError(f"{path}: {field} (agent {agent.name!r}): {error}") from None

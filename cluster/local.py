@@ -28,7 +28,9 @@ def start_head(env: dict[str, str], num_cpus: int | None = None) -> None:
     command = [ray_cli(), "start", "--head", "--dashboard-host=127.0.0.1", "--dashboard-port=8265", "--disable-usage-stats"]
     if num_cpus is not None:
         command.append(f"--num-cpus={num_cpus}")
-    subprocess.run(command, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
+    # Jobs run `python -m ...`: put this environment's interpreter first on the head's PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    subprocess.run(command, env={**os.environ, **env, "PATH": path}, check=True, stdout=subprocess.DEVNULL)
 
 
 def stop_head() -> None:

@@ -4,6 +4,7 @@ behind the ingress) and into the equivalent ``serve deploy`` config file.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,15 @@ from cluster.config import (
     load_orchestra,
     resolve_storage_uri,
 )
-from cluster.storage import ROOT_ENV
+from cluster.errors import ConfigError, NotFound
+from cluster.registry import ModelRegistry
+from cluster.storage import ROOT_ENV, Storage
 from cluster.version import code_version
 from serve.agent import AgentVersion
 from serve.ingress import Ingress
 from serve.proxy import CALLBACK_ENV
 
+logger = logging.getLogger(__name__)
 APP_NAME = "baton"
 INGRESS = "Ingress"
 RUNTIME_ENV_VARS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -33,6 +37,46 @@ RUNTIME_ENV_VARS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 def load(path: str | Path) -> OrchestraConfig:
     """Load an orchestra and check every agent's kind and params against the specialists."""
     return load_orchestra(path, known_kinds=SPECIALISTS, check_params=validate_params)
+
+
+def rescale(weights: list[int]) -> list[int]:
+    """Weights scaled to sum to 100 (largest remainder); all-zero weights split evenly."""
+    base = weights if sum(weights) else [1] * len(weights)
+    exact = [100 * w / sum(base) for w in base]
+    scaled = [int(x) for x in exact]
+    for index in sorted(range(len(exact)), key=lambda i: scaled[i] - exact[i])[: 100 - sum(scaled)]:
+        scaled[index] += 1
+    return scaled
+
+
+def pin_models(config: OrchestraConfig, storage_uri: str) -> OrchestraConfig:
+    """Resolve each version's registry alias to a fixed version (what gets deployed), and
+    drop versions whose model is missing when they allow it, re-spreading their weight.
+    """
+    registry = ModelRegistry(Storage(storage_uri))
+    agents = []
+    for agent in config.agents:
+        versions = []
+        for version in agent.versions:
+            if version.model is None or not version.model.startswith("registry://"):
+                versions.append(version)
+                continue
+            try:
+                name, number = registry.resolve(version.model)
+            except NotFound:
+                if version.if_missing == "fail":
+                    raise ConfigError(f"agent {agent.name!r} {version.version}: model {version.model} is not in the registry at {storage_uri}") from None
+                logger.warning("agent %s %s: %s not in the registry; skipped", agent.name, version.version, version.model)
+                continue
+            versions.append(version.model_copy(update={"model": f"registry://{name}:{number}"}))
+        if versions:
+            weights = rescale([v.weight for v in versions])
+            agents.append(agent.model_copy(update={"versions": [v.model_copy(update={"weight": w}) for v, w in zip(versions, weights)]}))
+    names = {a.name for a in agents}
+    router = config.router
+    if router.fallback_agent not in names:
+        router = router.model_copy(update={"fallback_agent": None})
+    return config.model_copy(update={"agents": agents, "router": router})
 
 
 def deployment_name(agent: str, version: str) -> str:
@@ -66,19 +110,20 @@ def ingress_options(config: OrchestraConfig) -> dict[str, Any]:
     }
 
 
-def _bind_version(agent: AgentSettings, version: VersionSettings) -> Application:
+def _bind_version(agent: AgentSettings, version: VersionSettings, storage_uri: str) -> Application:
     return AgentVersion.options(name=deployment_name(agent.name, version.version), **version_options(version)).bind(
         agent.name,
         version.version,
         agent.kind,
-        version.params,
+        version.specialist_params(storage_uri),
         version.resources.torch_threads,
         version.batching.model_dump(),
     )
 
 
 def build_application(config: OrchestraConfig, storage_uri: str) -> Application:
-    agents = {a.name: {v.version: _bind_version(a, v) for v in a.versions} for a in config.agents}
+    config = pin_models(config, storage_uri)
+    agents = {a.name: {v.version: _bind_version(a, v, storage_uri) for v in a.versions} for a in config.agents}
     return Ingress.options(name=INGRESS, **ingress_options(config)).bind(config_dict(config), storage_uri, agents)
 
 
@@ -95,6 +140,7 @@ def build_app(args: dict[str, str]) -> Application:
 def serve_config(config_path: str | Path, base_dir: str | Path, working_dir: str | None = None) -> dict[str, Any]:
     """The ``serve deploy`` file for an orchestra: same deployments, options spelled out."""
     config = load(config_path)
+    config = pin_models(config, resolve_storage_uri(config, base_dir))
     deployments = [{"name": INGRESS, **ingress_options(config)}]
     for agent in config.agents:
         for version in agent.versions:

@@ -38,6 +38,7 @@ from cluster.errors import (
     ValidationFailed,
 )
 from cluster.keys import KeyStore, Principal
+from cluster.registry import ModelRegistry
 from cluster.storage import Storage
 from serve import control
 from serve.http_errors import SERVE_UNAVAILABLE, error_response, from_serve_error, to_baton_error
@@ -123,6 +124,7 @@ class Gateway:
         self.handles = agents
         self.keys = KeyStore(Storage(storage_uri), refresh_s=self.config.auth.key_cache_s)
         self.keys.reload()
+        self.registry = ModelRegistry(Storage(storage_uri))
         self.limiter = RateLimiter(self.config.auth.rate_limit.requests_per_s, self.config.auth.rate_limit.burst)
         self.router = SemanticRouter(
             self.config.agents,
@@ -267,6 +269,15 @@ class Gateway:
         note(request, endpoint="admin.keys.create", output={"before": None, "after": after})
         return {"key": key, "id": principal.key_id, "role": principal.role, "name": principal.name}
 
+    async def models(self, name: str | None = None) -> dict:
+        if name is None:
+            return {"models": await asyncio.to_thread(self.registry.list_models)}
+        manifests = await asyncio.to_thread(self.registry.versions, name)
+        if not manifests:
+            raise NotFound(f"model {name!r} is not in the registry")
+        aliases = await asyncio.to_thread(self.registry.aliases, name)
+        return {"name": name, "aliases": aliases, "versions": [m.model_dump(mode="json") for m in manifests]}
+
     async def audit(self, since: datetime | None, agent: str | None, limit: int) -> dict:
         if limit > self.config.limits.audit_query_max:
             raise ValidationFailed(f"limit: must be at most {self.config.limits.audit_query_max}, got {limit}")
@@ -398,6 +409,16 @@ async def create_key(
     request: Request, body: KeyBody, _: Principal = Depends(require("admin")), gate=Depends(ingress)
 ) -> dict:
     return gate.create_key(request, body)
+
+
+@app.get("/v1/admin/models", summary="Registered models with their versions and aliases.")
+async def list_models(_: Principal = Depends(require("admin")), gate=Depends(ingress)) -> dict:
+    return await gate.models()
+
+
+@app.get("/v1/admin/models/{name}", summary="One model: aliases and every version's manifest.")
+async def show_model(name: str, _: Principal = Depends(require("admin")), gate=Depends(ingress)) -> dict:
+    return await gate.models(name)
 
 
 @app.get("/v1/admin/audit", summary="Audit records, newest last.")

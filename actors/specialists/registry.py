@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from actors.specialists.base import Specialist
+from actors.specialists.classify import ClassifySpecialist
 from actors.specialists.echo import EchoSpecialist
 from actors.specialists.entities import EntitiesSpecialist
 from actors.specialists.language import LanguageSpecialist
@@ -11,7 +12,7 @@ from actors.specialists.sentiment import SentimentSpecialist
 
 SPECIALISTS: dict[str, type[Specialist]] = {
     cls.kind: cls
-    for cls in (LanguageSpecialist, SentimentSpecialist, EntitiesSpecialist, PiiSpecialist, EchoSpecialist)
+    for cls in (LanguageSpecialist, SentimentSpecialist, EntitiesSpecialist, PiiSpecialist, EchoSpecialist, ClassifySpecialist)
 }
 
 

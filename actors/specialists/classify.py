@@ -1,0 +1,116 @@
+"""The ``classify`` specialist: serves any registered sequence classifier (float or int8),
+fetched from the registry with its checksums verified; optionally maps to sentiment labels.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from actors.specialists.base import Specialist
+from cluster.registry import ModelRegistry
+from cluster.storage import Storage
+
+QUANTIZED_FILE = "quantized.pt"
+SENTIMENT_LABELS = ("POSITIVE", "NEGATIVE", "NEUTRAL", "MIXED")
+
+
+class ClassifyParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., min_length=1, description="registry://name:version, registry://name@alias, or a local model directory.")
+    storage: str | None = Field(None, description="Storage URI of the registry; set by the deployment builder.")
+    output: Literal["labels", "sentiment"] = Field(
+        "labels", description="'labels': the model's own labels; 'sentiment': API.md's POSITIVE/NEGATIVE/NEUTRAL/MIXED."
+    )
+    neutral_threshold: float = Field(
+        0.7, ge=0, le=1, description="sentiment output: a top probability below this answers NEUTRAL."
+    )
+    max_length: int = Field(128, ge=8, le=512, description="Tokens kept per text.")
+    top_k_scores: int = Field(5, ge=1, le=1000, description="How many of the best labels 'scores' lists.")
+
+
+class ClassifyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    top_k: int | None = Field(None, ge=1, le=1000, description="Labels listed in 'scores' (default: params.top_k_scores).")
+
+
+def load_classifier(model_dir: str | Path):
+    """(tokenizer, model, labels) from a Hugging Face directory, or one holding an int8 ``quantized.pt``."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    directory = Path(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if (directory / QUANTIZED_FILE).is_file():
+        model = torch.load(directory / QUANTIZED_FILE, weights_only=False)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(directory)
+    model.eval()
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    return tokenizer, model, labels
+
+
+def sentiment_result(labels: list[str], probabilities: np.ndarray, neutral_threshold: float) -> dict:
+    """A binary or multi-class sentiment model's output in API.md's four labels.
+
+    Doubt (top probability under the threshold) is NEUTRAL: a binary model has no neutral
+    class, so its low confidence is the only signal for one.
+    """
+    by_label = {label.upper(): float(p) for label, p in zip(labels, probabilities)}
+    top = float(probabilities.max())
+    scores = {label: round(by_label.get(label, 0.0), 4) for label in SENTIMENT_LABELS}
+    if top < neutral_threshold:
+        neutral = round(1.0 - top, 4)
+        scale = (1.0 - neutral) / max(sum(scores.values()), 1e-9)
+        scores = {label: round(value * scale, 4) for label, value in scores.items()}
+        scores["NEUTRAL"] = neutral
+        label = "NEUTRAL"
+    else:
+        label = max(scores, key=scores.get)
+    return {"label": label, "scores": scores}
+
+
+class ClassifySpecialist(Specialist):
+    kind: ClassVar[str] = "classify"
+    Params: ClassVar[type[BaseModel]] = ClassifyParams
+    Options: ClassVar[type[BaseModel]] = ClassifyOptions
+    batchable: ClassVar[bool] = True
+
+    def _model_name(self) -> str:
+        return self.params.model
+
+    def _extras(self) -> dict:
+        return {"labels": self._labels} if self._loaded else {}
+
+    def _model_dir(self) -> Path:
+        if not self.params.model.startswith("registry://"):
+            return Path(self.params.model)
+        storage = Storage(self.params.storage or os.environ.get("BATON_STORAGE", ".baton"))
+        return ModelRegistry(storage).fetch(self.params.model)
+
+    def _load(self) -> None:
+        self._tokenizer, self._model, self._labels = load_classifier(self._model_dir())
+
+    def _predict(self, texts: list[str], options: list[Any]) -> list[dict]:
+        import torch
+
+        batch = self._tokenizer(texts, truncation=True, max_length=self.params.max_length, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            probabilities = torch.softmax(self._model(**batch).logits, dim=-1).numpy()
+        return [self._result(row, option) for row, option in zip(probabilities, options)]
+
+    def _result(self, probabilities: np.ndarray, option: ClassifyOptions) -> dict:
+        if self.params.output == "sentiment":
+            return sentiment_result(self._labels, probabilities, self.params.neutral_threshold)
+        top_k = option.top_k or self.params.top_k_scores
+        best = np.argsort(-probabilities)[:top_k]
+        return {
+            "label": self._labels[int(best[0])],
+            "scores": {self._labels[int(i)]: round(float(probabilities[i]), 4) for i in best},
+        }

@@ -1,0 +1,177 @@
+"""``baton`` commands of the model lifecycle: train, tune, models list/show/alias/promote.
+Registered on the root CLI through the ``baton.cli`` entry point.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cluster import local
+from cluster.errors import BatonError
+from cluster.registry import ModelRegistry
+from cluster.storage import Storage
+
+console = Console(stderr=True)
+StorageOption = typer.Option(".baton", "--storage", help="Storage URI holding the registry.")
+JOB_EXCLUDES = [".venv", ".baton", ".baton-test", ".git", "__pycache__", "*.pt", "*.safetensors"]
+
+
+def _registry(storage: str) -> ModelRegistry:
+    return ModelRegistry(Storage(storage))
+
+
+# -- train / tune -------------------------------------------------------------------------
+
+
+def _submit(module: str, recipe: Path, storage: str, follow: bool) -> None:
+    """Run ``python -m <module>`` as a Ray job on the running cluster and stream its logs."""
+    import asyncio
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(local.DASHBOARD_URL)
+    job = client.submit_job(
+        entrypoint=f"python -m {module} --config {recipe.as_posix()}",
+        runtime_env={"working_dir": ".", "excludes": JOB_EXCLUDES, "env_vars": {"BATON_STORAGE": str(Storage(storage).uri)}},
+    )
+    console.print(f"submitted {job} to {local.DASHBOARD_URL} (follow: ray job logs -f {job})")
+    if not follow:
+        return
+
+    async def stream() -> None:
+        async for lines in client.tail_job_logs(job):
+            print(lines, end="", flush=True)
+
+    asyncio.run(stream())
+    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        time.sleep(1)
+    if status != JobStatus.SUCCEEDED:
+        raise BatonError(f"job {job} ended {status.value}")
+
+
+def _run(module: str, recipe: Path, storage: str, follow: bool) -> None:
+    if not recipe.is_file():
+        raise BatonError(f"{recipe}: no such recipe")
+    from train.recipe import load_recipe
+
+    load_recipe(recipe)  # a broken recipe fails here, before any job is submitted
+    if local.dashboard_up():
+        _submit(module, recipe, storage, follow)
+        return
+    console.print("no running cluster: training in a local Ray instance")
+    if module == "train.finetune":
+        from train.finetune import finetune
+
+        finetune(load_recipe(recipe), storage_uri=storage)
+    else:
+        from train.tune import search
+
+        search(load_recipe(recipe), storage_uri=storage)
+
+
+def train(
+    recipe: Path = typer.Argument(..., help="Training recipe, e.g. configs/train/sst2_sentiment.yaml."),
+    storage: str = StorageOption,
+    follow: bool = typer.Option(True, help="Stream the job's logs until it ends."),
+) -> None:
+    """Fine-tune and register a model: a Ray job on the running cluster, or locally when none is up."""
+    _run("train.finetune", recipe, storage, follow)
+
+
+def tune(
+    recipe: Path = typer.Argument(..., help="Recipe with a `search` section."),
+    storage: str = StorageOption,
+    follow: bool = typer.Option(True, help="Stream the job's logs until it ends."),
+) -> None:
+    """Search hyper-parameters with Ray Tune (ASHA) and register the best trial."""
+    _run("train.tune", recipe, storage, follow)
+
+
+# -- models -------------------------------------------------------------------------------
+
+models_app = typer.Typer(help="The model registry: versions, manifests, aliases, promotion.", no_args_is_help=True)
+
+
+@models_app.command("list")
+def models_list(storage: str = StorageOption, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every model with its versions and aliases."""
+    models = _registry(storage).list_models()
+    if as_json:
+        print(json.dumps(models))
+        return
+    table = Table("model", "versions", "latest", "aliases")
+    for model in models:
+        aliases = ", ".join(f"{a}={v}" for a, v in sorted(model["aliases"].items()))
+        table.add_row(model["name"], " ".join(model["versions"]), model["latest"], aliases)
+    Console().print(table)
+
+
+@models_app.command("show")
+def models_show(ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@ALIAS."), storage: str = StorageOption) -> None:
+    """A version's manifest (the latest when no version is given)."""
+    registry = _registry(storage)
+    name, version = registry.resolve(ref)
+    print(json.dumps(registry.manifest(name, version).model_dump(mode="json"), indent=2))
+
+
+@models_app.command("alias")
+def models_alias(name: str, version: str, alias: str, storage: str = StorageOption) -> None:
+    """Point ALIAS of NAME at VERSION (written atomically)."""
+    change = _registry(storage).set_alias(name, version, alias)
+    _audit(storage, "admin.models.alias", {"name": name, "alias": alias, "before": change["before"], "after": change["after"]}, 200)
+    print(json.dumps(change))
+
+
+@models_app.command("promote")
+def models_promote(
+    name: str,
+    version: str,
+    storage: str = StorageOption,
+    force: bool = typer.Option(False, "--force", help="Promote even if the gate refuses (audited)."),
+) -> None:
+    """Make VERSION the champion if it beats the current one by the recipe's margin."""
+    registry = _registry(storage)
+    evaluation = registry.manifest(name, version).recipe.get("evaluation", {})
+    metric, margin = evaluation.get("metric", "accuracy"), float(evaluation.get("promote_margin", 0.0))
+    try:
+        change = registry.promote(name, version, metric=metric, margin=margin, force=force)
+    except BatonError as error:
+        _audit(storage, "admin.models.promote", {"name": name, "candidate": version, "refused": error.message}, error.status)
+        raise
+    _audit(storage, "admin.models.promote", {"name": name, **change}, 200)
+    print(json.dumps(change))
+
+
+def _audit(storage: str, action: str, output: dict, status: int) -> None:
+    """Operator actions from the CLI are audit records like those made over HTTP."""
+    from actors.audit import AuditWriter
+
+    writer = AuditWriter(Storage(storage), store_input_text=False)
+    writer.write(
+        [
+            {
+                "request_id": uuid.uuid4().hex,
+                "principal": f"cli:{getpass.getuser()}",
+                "endpoint": action,
+                "status_code": status,
+                "output": output,
+            }
+        ]
+    )
+    writer.close()
+
+
+def register(root: typer.Typer) -> None:
+    root.command()(train)
+    root.command()(tune)
+    root.add_typer(models_app, name="models")
+
