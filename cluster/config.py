@@ -57,6 +57,9 @@ class ResourceSettings(Strict):
 class VersionSettings(Strict):
     version: str = Field(..., pattern=VERSION_PATTERN, description="Version label, unique within the agent, e.g. 'v1'.")
     weight: int = Field(..., ge=0, le=100, description="Share of the agent's traffic in percent; an agent's weights sum to 100.")
+    kind: str | None = Field(
+        None, pattern=NAME_PATTERN, description="Specialist kind of this version when it differs from the agent's (a new model family)."
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="Kind-specific parameters of the specialist model.")
     model: str | None = Field(
         None, description="Registered model to serve: registry://name@alias or registry://name:version (kind classify)."
@@ -101,6 +104,9 @@ class AgentSettings(Strict):
         if total != 100:
             raise ValueError(f"version weights sum to {total}, not 100")
         return self
+
+    def version_kind(self, version: VersionSettings) -> str:
+        return version.kind or self.kind
 
 
 class CalibrationSettings(Strict):
@@ -263,15 +269,15 @@ def load_orchestra(
     """
     config = parse_config(OrchestraConfig, read_yaml(path), str(path))
     for a_index, agent in enumerate(config.agents):
-        if known_kinds is not None and agent.kind not in known_kinds:
-            raise ConfigError(
-                f"{path}: agents[{a_index}].kind = {agent.kind!r}: unknown kind (known: {sorted(known_kinds)})"
-            )
         for v_index, version in enumerate(agent.versions):
+            kind = agent.version_kind(version)
+            if known_kinds is not None and kind not in known_kinds:
+                field = f"agents[{a_index}].versions[{v_index}].kind" if version.kind else f"agents[{a_index}].kind"
+                raise ConfigError(f"{path}: {field} = {kind!r}: unknown kind (known: {sorted(known_kinds)})")
             if check_params is None:
                 continue
             try:
-                check_params(agent.kind, version.specialist_params())
+                check_params(kind, version.specialist_params())
             except (ValueError, ValidationError) as error:
                 field = f"agents[{a_index}].versions[{v_index}].params"
                 raise ConfigError(f"{path}: {field} (agent {agent.name!r}): {error}") from None

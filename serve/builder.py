@@ -114,7 +114,7 @@ def _bind_version(agent: AgentSettings, version: VersionSettings, storage_uri: s
     return AgentVersion.options(name=deployment_name(agent.name, version.version), **version_options(version)).bind(
         agent.name,
         version.version,
-        agent.kind,
+        agent.version_kind(version),
         version.specialist_params(storage_uri),
         version.resources.torch_threads,
         version.batching.model_dump(),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -26,10 +28,12 @@ def ray_session():
 
     from serve.builder import cluster_env
 
-    os.environ.update(cluster_env())
+    os.environ.update(cluster_env(REPO))
+    # Jobs run `python -m ...`: this interpreter's environment must come first on PATH.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     # Point away from any `make up` cluster on this machine: tests own their instance.
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(
+    context = ray.init(
         num_cpus=2,
         object_store_memory=256 * 1024 * 1024,
         include_dashboard=True,
@@ -37,7 +41,7 @@ def ray_session():
         namespace="baton-tests",
         log_to_driver=False,
     )
-    yield ray
+    yield SimpleNamespace(dashboard_url=f"http://{context.dashboard_url}")
     ray.shutdown()
 
 

@@ -1,0 +1,198 @@
+"""train.optimize on a tiny random BERT with the packaged MiniLM tokenizer: int8 quantisation,
+distillation into fewer layers, loading both kinds back, latency and reference errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from actors.router import default_embedding_model_path
+from cluster.errors import ConfigError, NotFound
+from cluster.registry import ModelRegistry
+from cluster.storage import Storage
+from train.data import DataError
+from train.optimize import (
+    DISTILLED,
+    INT8,
+    distill,
+    distillation_loss,
+    load_classifier,
+    main,
+    make_student,
+    measure_latency,
+    quantize,
+)
+from train.recipe import Recipe
+
+LABELS = ["NEGATIVE", "POSITIVE"]
+POSITIVE = ["a wonderful film", "great acting and story", "i loved every minute", "superb and moving", "a joy to watch"]
+NEGATIVE = ["a dreadful film", "boring and far too long", "i hated the ending", "awful dialogue", "a waste of time"]
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def float_model_dir(tmp_path_factory) -> Path:
+    """A 4-layer BERT classifier with the MiniLM tokenizer, trained a few steps so that its
+    predictions are decisive (a random one's logits tie, and int8 noise flips them)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(default_embedding_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)},
+    )
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    inputs = tokenizer(POSITIVE + NEGATIVE, padding=True, return_tensors="pt")
+    labels = torch.tensor([1] * len(POSITIVE) + [0] * len(NEGATIVE))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(30):
+        model(**inputs, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    directory = tmp_path_factory.mktemp("float")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def recipe(tmp_path) -> Recipe:
+    rows = [{"text": f"{text} {n}", "label": label} for n in range(3) for label, texts in (("POSITIVE", POSITIVE), ("NEGATIVE", NEGATIVE)) for text in texts]
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return Recipe.model_validate({
+        "name": "tiny",
+        "storage": str(tmp_path / "store"),
+        "data": {"train": str(data), "validation_fraction": 0.3},
+        "training": {"epochs": 1, "batch_size": 8, "eval_batch_size": 16, "max_length": 16, "learning_rate": 1e-3},
+    })
+
+
+@pytest.fixture
+def registry(recipe, float_model_dir) -> ModelRegistry:
+    """``tiny:v1`` (alias champion): the trained tiny classifier, with the recipe it came from."""
+    registry = ModelRegistry(Storage(recipe.storage))
+    registry.register(
+        "tiny", float_model_dir, task="sequence-classification", base_model="random", labels=LABELS,
+        metrics={"accuracy": 1.0}, dataset={"uri": recipe.data.train, "sha256": "0" * 64, "rows": 30},
+        recipe=recipe.model_dump(mode="json"),
+    )
+    registry.set_alias("tiny", "v1", "champion")
+    return registry
+
+
+def predict(directory: Path, texts: list[str]) -> tuple[list[str], object]:
+    tokenizer, model, labels = load_classifier(directory)
+    with torch.inference_mode():
+        logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    return [labels[i] for i in logits.argmax(-1).tolist()], model
+
+
+def test_quantize_registers_an_int8_child_version(registry):
+    manifest = quantize(registry, "registry://tiny@champion", repeats=2, echo=quiet)
+
+    assert (manifest.name, manifest.version, manifest.parent_version) == ("tiny", "v2", "v1")
+    assert manifest.base_model == "registry://tiny:v1" and manifest.task == "sequence-classification"
+    assert manifest.extra["optimization"] == INT8 and manifest.extra["source"] == "tiny:v1"
+    assert set(manifest.extra["latency_ms"]) == {"float32", "int8"}
+    assert set(manifest.extra["latency_ms"]["int8"]) == set(manifest.extra["speedup"]) == {"batch_1", "batch_32"}
+    assert manifest.extra["size_mb"]["int8"] < manifest.extra["size_mb"]["float32"]
+    assert manifest.metrics["accuracy"] > 0.9 and manifest.metrics["macro_f1"] > 0.9 and manifest.extra["agreement"] > 0.9
+    assert "quantized.pt" in manifest.files and "model.safetensors" not in manifest.files
+
+
+def test_int8_model_is_quantised_and_agrees_with_float(registry):
+    quantize(registry, "tiny:v1", repeats=1, echo=quiet)
+    texts = [f"{text} {extra}" for text in POSITIVE + NEGATIVE for extra in ("", "indeed", "really so")]
+
+    float_labels, float_model = predict(registry.fetch("tiny:v1"), texts)
+    int8_labels, int8_model = predict(registry.fetch("tiny:v2"), texts)
+
+    linear = [m for m in int8_model.modules() if isinstance(m, torch.nn.Linear)]
+    dynamic = [m for m in int8_model.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert not linear and len(dynamic) == len([m for m in float_model.modules() if isinstance(m, torch.nn.Linear)])
+    assert set(float_labels) == set(LABELS)
+    assert sum(a == b for a, b in zip(float_labels, int8_labels)) >= 0.9 * len(texts)
+
+
+def test_load_classifier_reads_both_kinds_in_eval_mode(registry):
+    quantize(registry, "tiny:v1", repeats=1, echo=quiet)
+    for version in ("v1", "v2"):
+        tokenizer, model, labels = load_classifier(registry.fetch(f"tiny:{version}"))
+        assert labels == LABELS and not model.training and tokenizer.pad_token_id is not None
+
+
+def test_quantize_refuses_an_int8_source_and_missing_data(registry, recipe):
+    quantize(registry, "tiny:v1", repeats=1, echo=quiet)
+    with pytest.raises(ConfigError, match="already int8"):
+        quantize(registry, "tiny:v2", echo=quiet)
+    Path(recipe.data.train).unlink()
+    with pytest.raises(DataError, match="cannot re-measure tiny:v1.*no such file"):
+        quantize(registry, "tiny:v1", echo=quiet)
+
+
+def test_distill_registers_a_smaller_student(registry, recipe):
+    manifest = distill(registry, "tiny@champion", recipe, layers=2, epochs=1, repeats=1, echo=quiet)
+
+    assert (manifest.version, manifest.parent_version) == ("v2", "v1")
+    assert manifest.extra["optimization"] == DISTILLED and manifest.extra["layers"] == 2 and manifest.extra["teacher"] == "tiny:v1"
+    assert set(manifest.extra["latency_ms"]) == {"teacher", "student"}
+    assert 0 <= manifest.metrics["accuracy"] <= 1 and "macro_f1" in manifest.metrics
+    _, model, labels = load_classifier(registry.fetch("tiny:v2"))
+    assert labels == LABELS and model.config.num_hidden_layers == 2 and len(model.bert.encoder.layer) == 2
+
+
+def test_student_starts_from_the_teacher_layers(registry):
+    _, teacher, _ = load_classifier(registry.fetch("tiny:v1"))
+    student = make_student(teacher, 2)
+
+    # 4 -> 2 keeps teacher layers 0 and 2.
+    assert torch.equal(student.bert.encoder.layer[1].output.dense.weight, teacher.bert.encoder.layer[2].output.dense.weight)
+    assert torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+    assert torch.equal(student.classifier.weight, teacher.classifier.weight)
+    with pytest.raises(ConfigError, match="layers must be from 1 to 3"):
+        make_student(teacher, 4)
+
+
+def test_distillation_loss_mixes_hard_and_soft_targets():
+    student, teacher, labels = torch.tensor([[2.0, -1.0], [0.5, 0.3]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
+
+    hard = torch.nn.functional.cross_entropy(student, labels)
+    assert torch.isclose(distillation_loss(student, teacher, labels, alpha=1.0), hard)
+    assert distillation_loss(teacher, teacher, labels, alpha=0.0).abs() < 1e-6
+    assert distillation_loss(student, teacher, labels, alpha=0.0) > 0
+
+
+def test_measure_latency_returns_a_positive_median(registry):
+    tokenizer, model, _ = load_classifier(registry.fetch("tiny:v1"))
+    assert measure_latency(tokenizer, model, POSITIVE, batch_size=3, repeats=2) > 0
+
+
+@pytest.mark.parametrize("ref", ["tiny:v9", "missing:v1", "tiny@staging", "registry://missing@champion"])
+def test_unknown_references_raise_not_found(registry, recipe, ref):
+    with pytest.raises(NotFound):
+        quantize(registry, ref, echo=quiet)
+    with pytest.raises(NotFound):
+        distill(registry, ref, recipe, echo=quiet)
+
+
+def test_command_line(registry, recipe, capsys):
+    assert main(["quantize", "--model", "tiny:v1", "--storage", recipe.storage, "--repeats", "1"]) == 0
+    assert "registered tiny:v2 (dynamic-int8)" in capsys.readouterr().out
+    assert main(["quantize", "--model", "tiny:v7", "--storage", recipe.storage]) == 2
+    assert "tiny:v7 not found" in capsys.readouterr().err

@@ -1,0 +1,405 @@
+"""Smaller and faster classifiers from registered ones: dynamic int8 quantisation and distillation
+into fewer encoder layers, each registered as a new version with re-measured metrics and latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cluster.config import parse_config
+from cluster.errors import BatonError, ConfigError
+from cluster.registry import REF_SCHEME, Manifest, ModelRegistry
+from cluster.storage import Storage
+from train.data import DataError, Examples, PreparedData, load_dataset
+from train.finetune import EncodedDataset, collate, encode, evaluate, seed_everything
+from train.metrics import classification_metrics, confusion_matrix, predictions
+from train.recipe import Recipe, TrainingSettings, load_recipe
+
+__all__ = [
+    "DISTILLED",
+    "INT8",
+    "distill",
+    "distillation_loss",
+    "load_classifier",
+    "make_student",
+    "measure_latency",
+    "quantize",
+    "quantize_linear",
+]
+
+INT8, DISTILLED = "dynamic-int8", "distilled"
+MARKER, QUANTIZED_WEIGHTS = "optimization.json", "quantized.pt"
+LATENCY_BATCHES = (1, 32)
+DEFAULT_REPEATS = 20
+_LAYER_KEY = re.compile(r"\.layer\.(\d+)\.")
+
+Echo = Callable[[str], None]
+
+
+# -- loading, quantising and timing -------------------------------------------------------
+
+
+def load_classifier(model_dir: str | Path) -> tuple[Any, Any, list[str]]:
+    """(tokenizer, model in eval mode, labels in label-id order) from a ``save_pretrained``
+    directory or from one written by :func:`quantize` (recognised by its ``optimization.json``)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    directory = Path(model_dir)
+    if not directory.is_dir():
+        raise BatonError(f"model directory {str(directory)!r} does not exist")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    marker = _read_marker(directory)
+    if not marker:
+        model = AutoModelForSequenceClassification.from_pretrained(directory)
+    elif marker.get("optimization") == INT8 and isinstance(marker.get("weights"), str):
+        model = _load_quantized(directory, marker["weights"])
+    else:
+        raise BatonError(f"{directory / MARKER}: unknown optimisation {marker!r}; this code loads {INT8!r}")
+    model.eval()
+    return tokenizer, model, [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+
+def quantize_linear(model: Any) -> Any:
+    """An int8 copy of ``model``: every nn.Linear gets int8 weights and dynamically quantised
+    activations; the float model is left unchanged."""
+    import torch
+
+    with warnings.catch_warnings():
+        # torch deprecates its eager quantisation in favour of torchao, which is not installed
+        # here; the API still works in this torch, and saying so on every call helps nobody.
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor")
+        return torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def measure_latency(tokenizer: Any, model: Any, texts: Sequence[str], batch_size: int, repeats: int, *, max_length: int = 128) -> float:
+    """Median milliseconds to tokenise and classify ``batch_size`` texts (cycled from ``texts``)
+    over ``repeats`` runs after one warm-up run, on the current torch thread count."""
+    import torch
+
+    if not texts or batch_size < 1 or repeats < 1:
+        raise BatonError(f"measure_latency needs texts, batch_size >= 1 and repeats >= 1; got {len(texts)} texts, {batch_size}, {repeats}")
+    batch = [texts[i % len(texts)] for i in range(batch_size)]
+    model.eval()
+    timings = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            started = time.perf_counter()
+            model(**tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+            timings.append(time.perf_counter() - started)
+    return round(statistics.median(timings[1:]) * 1000, 3)
+
+
+def _read_marker(directory: Path) -> dict[str, Any]:
+    path = directory / MARKER
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise BatonError(f"{path}: not JSON: {error}") from None
+
+
+def _load_quantized(directory: Path, weights: str) -> Any:
+    """Rebuild the int8 modules by quantising a float skeleton of the config, then fill them
+    from the saved state: no pickled code is loaded, so ``weights_only`` stays on."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    model = quantize_linear(AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(directory)))
+    try:
+        model.load_state_dict(torch.load(directory / weights, weights_only=True))
+    except (OSError, RuntimeError) as error:
+        raise BatonError(f"{directory / weights}: cannot load the int8 weights: {error}") from None
+    return model
+
+
+def _save_quantized(tokenizer: Any, model: Any, directory: Path) -> None:
+    import torch
+
+    tokenizer.save_pretrained(directory)
+    model.config.save_pretrained(directory)
+    torch.save(model.state_dict(), directory / QUANTIZED_WEIGHTS)
+    (directory / MARKER).write_text(json.dumps({"optimization": INT8, "weights": QUANTIZED_WEIGHTS}) + "\n", encoding="utf-8")
+
+
+# -- distillation ---------------------------------------------------------------------------
+
+
+def make_student(teacher: Any, layers: int) -> Any:
+    """The teacher's architecture with ``layers`` encoder layers, starting from the teacher's
+    embeddings, heads and evenly spaced layers (every other one when halving)."""
+    from transformers import AutoModelForSequenceClassification
+
+    total = teacher.config.num_hidden_layers
+    if not 1 <= layers < total:
+        raise ConfigError(f"layers must be from 1 to {total - 1}, fewer than the teacher's {total}; got {layers}")
+    kept = [index * total // layers for index in range(layers)]
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = layers
+    student = AutoModelForSequenceClassification.from_config(config)
+    source = teacher.state_dict()
+    mapped = {key: _LAYER_KEY.sub(lambda m: f".layer.{kept[int(m.group(1))]}.", key, count=1) for key in student.state_dict()}
+    missing = sorted(key for key in mapped.values() if key not in source)
+    if missing:
+        raise ConfigError(f"cannot map the student onto the teacher ({type(teacher).__name__}): no teacher weights {missing[:5]}")
+    student.load_state_dict({key: source[teacher_key] for key, teacher_key in mapped.items()})
+    return student
+
+
+def distillation_loss(student_logits: Any, teacher_logits: Any, labels: Any, temperature: float = 2.0, alpha: float = 0.5) -> Any:
+    """alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T); the T^2 keeps the soft
+    term's gradients on the scale of the hard term's as T changes (Hinton et al., 2015)."""
+    import torch.nn.functional as F
+
+    hard = F.cross_entropy(student_logits, labels)
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=-1), F.log_softmax(teacher_logits / temperature, dim=-1),
+        reduction="batchmean", log_target=True,
+    )
+    return alpha * hard + (1 - alpha) * temperature**2 * soft
+
+
+def _train_student(
+    student: Any, teacher: Any, tokenizer: Any, train: Examples, labels: list[str],
+    training: TrainingSettings, epochs: int, temperature: float, alpha: float, echo: Echo,
+) -> float:
+    """Plain CPU loop with finetune's optimiser and schedule; returns the last epoch's mean loss."""
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import get_linear_schedule_with_warmup
+
+    encoded = encode(tokenizer, train.texts, train.labels, {label: i for i, label in enumerate(labels)}, training.max_length)
+    loader = DataLoader(
+        EncodedDataset(encoded), batch_size=training.batch_size, shuffle=True,
+        generator=torch.Generator().manual_seed(training.seed), collate_fn=partial(collate, pad_id=tokenizer.pad_token_id or 0),
+    )
+    optimizer = torch.optim.AdamW(student.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay)
+    total_steps = len(loader) * epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * training.warmup_ratio), total_steps)
+    teacher.eval()
+    student.train()
+    for epoch in range(epochs):
+        loss_sum = 0.0
+        for batch in loader:
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            with torch.no_grad():
+                teacher_logits = teacher(**inputs).logits
+            loss = distillation_loss(student(**inputs).logits, teacher_logits, batch["labels"], temperature, alpha)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            loss_sum += loss.item() * len(batch["labels"])
+        echo(f"epoch {epoch + 1}/{epochs}: distillation loss {loss_sum / len(encoded):.4f}")
+    student.eval()
+    return loss_sum / len(encoded)
+
+
+# -- measuring a derived model against its source -------------------------------------------
+
+
+def _measure(tokenizer: Any, model: Any, examples: Examples, labels: list[str], recipe: Recipe) -> tuple[dict[str, Any], np.ndarray]:
+    """finetune's validation metrics for ``model``, and its predicted label ids."""
+    label_ids = {label: i for i, label in enumerate(labels)}
+    encoded = encode(tokenizer, examples.texts, examples.labels, label_ids, recipe.training.max_length)
+    probabilities, loss_sum = evaluate(model, encoded, recipe.training.eval_batch_size, tokenizer.pad_token_id or 0)
+    model.eval()  # evaluate() leaves the model in train mode, which would keep dropout on for timing
+    evaluation = recipe.evaluation
+    oos_index = label_ids.get(evaluation.oos_label) if evaluation.oos_label else None
+    predicted = predictions(probabilities, oos_index, evaluation.oos_threshold)
+    metrics = classification_metrics(confusion_matrix(encoded.labels, predicted, len(labels)), labels, oos_index)
+    return metrics | {"val_loss": round(loss_sum / len(encoded), 5)}, predicted
+
+
+def _latency(tokenizer: Any, model: Any, texts: list[str], repeats: int, max_length: int) -> dict[str, float]:
+    return {f"batch_{size}": measure_latency(tokenizer, model, texts, size, repeats, max_length=max_length) for size in LATENCY_BATCHES}
+
+
+def _compare(
+    tokenizer: Any, models: dict[str, Any], examples: Examples, labels: list[str], recipe: Recipe, repeats: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics of the derived model (the second of ``models``) and what to record next to them:
+    p50 latency of both, speedup, and how often the two agree on a validation label."""
+    (source_name, source), (derived_name, derived) = models.items()
+    _, source_predicted = _measure(tokenizer, source, examples, labels, recipe)
+    metrics, predicted = _measure(tokenizer, derived, examples, labels, recipe)
+    max_length = recipe.training.max_length
+    latency = {name: _latency(tokenizer, model, examples.texts, repeats, max_length) for name, model in models.items()}
+    speedup = {batch: round(latency[source_name][batch] / latency[derived_name][batch], 2) for batch in latency[source_name]}
+    agreement = round(float(np.mean(source_predicted == predicted)), 4)
+    return metrics, {"latency_ms": latency, "speedup": speedup, "agreement": agreement}
+
+
+def _size_mb(directory: Path) -> float:
+    return round(sum(path.stat().st_size for path in directory.rglob("*") if path.is_file()) / 2**20, 2)
+
+
+def _recipe_of(manifest: Manifest) -> Recipe:
+    try:
+        return parse_config(Recipe, manifest.recipe, f"recipe of {manifest.name}:{manifest.version}")
+    except ConfigError as error:
+        raise ConfigError(f"{error.message}; pass a training recipe to measure the model on") from None
+
+
+def _load_data(recipe: Recipe, purpose: str) -> PreparedData:
+    try:
+        return load_dataset(recipe.data)
+    except DataError as error:
+        raise DataError(f"cannot {purpose}: the recipe's data is unavailable: {error.message}") from None
+
+
+def _check_labels(data_labels: list[str], model_labels: list[str], model: str) -> None:
+    unknown = sorted(set(data_labels) - set(model_labels))
+    if unknown:
+        raise ConfigError(f"data labels {unknown[:20]} are not labels of {model} ({model_labels[:20]})")
+
+
+def _float_source(registry: ModelRegistry, ref: str) -> Manifest:
+    manifest = registry.manifest(*registry.resolve(ref))
+    if manifest.extra.get("optimization") == INT8:
+        raise ConfigError(f"{manifest.name}:{manifest.version} is already int8; use its float parent {manifest.parent_version}")
+    return manifest
+
+
+# -- the two operations -----------------------------------------------------------------------
+
+
+def quantize(
+    registry: ModelRegistry, ref: str, recipe: Recipe | None = None, *, repeats: int = DEFAULT_REPEATS, echo: Echo = print
+) -> Manifest:
+    """Register a dynamic-int8 copy of ``ref`` as the next version of the same model, measured on
+    the validation data of ``recipe`` (default: the recipe the source was trained with)."""
+    source = _float_source(registry, ref)
+    source_id = f"{source.name}:{source.version}"
+    recipe = recipe or _recipe_of(source)
+    validation = _load_data(recipe, f"re-measure {source_id}").validation
+    _check_labels(validation.labels, source.labels, source_id)
+    source_dir = registry.fetch(source_id)
+    tokenizer, model, labels = load_classifier(source_dir)
+    quantized = quantize_linear(model)
+    metrics, comparison = _compare(tokenizer, {"float32": model, "int8": quantized}, validation, labels, recipe, repeats)
+    with tempfile.TemporaryDirectory() as directory:
+        _save_quantized(tokenizer, quantized, Path(directory))
+        extra = {
+            "optimization": INT8, "source": source_id, **comparison,
+            "size_mb": {"float32": _size_mb(source_dir), "int8": _size_mb(Path(directory))},
+        }
+        manifest = registry.register(
+            source.name, directory, task=source.task, base_model=f"{REF_SCHEME}{source_id}", labels=labels,
+            metrics=metrics, dataset=source.dataset, recipe=recipe.model_dump(mode="json"),
+            parent_version=source.version, extra=extra,
+        )
+    echo(_summary(manifest, source.metrics))
+    return manifest
+
+
+def distill(
+    registry: ModelRegistry, teacher_ref: str, recipe: Recipe, layers: int = 3, epochs: int | None = None, *,
+    temperature: float = 2.0, alpha: float = 0.5, repeats: int = DEFAULT_REPEATS, echo: Echo = print,
+) -> Manifest:
+    """Train a ``layers``-layer student of ``teacher_ref`` on the recipe's train split and register
+    it under the recipe's name; it is a child version of the teacher when the names match."""
+    if temperature <= 0 or not 0 <= alpha <= 1 or (epochs is not None and epochs < 1):
+        raise ConfigError(f"need temperature > 0, 0 <= alpha <= 1 and epochs >= 1; got {temperature}, {alpha}, {epochs}")
+    teacher_manifest = _float_source(registry, teacher_ref)
+    teacher_id = f"{teacher_manifest.name}:{teacher_manifest.version}"
+    data = _load_data(recipe, f"distill {teacher_id}")
+    _check_labels(data.train.labels + data.validation.labels, teacher_manifest.labels, teacher_id)
+    teacher_dir = registry.fetch(teacher_id)
+    tokenizer, teacher, labels = load_classifier(teacher_dir)
+    student = make_student(teacher, layers)
+    epochs = epochs or recipe.training.epochs
+    seed_everything(recipe.training.seed)
+    started = time.perf_counter()
+    train_loss = _train_student(student, teacher, tokenizer, data.train, labels, recipe.training, epochs, temperature, alpha, echo)
+    train_wall_s = round(time.perf_counter() - started, 1)
+    metrics, comparison = _compare(tokenizer, {"teacher": teacher, "student": student}, data.validation, labels, recipe, repeats)
+    with tempfile.TemporaryDirectory() as directory:
+        student.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        extra = {
+            "optimization": DISTILLED, "layers": layers, "teacher": teacher_id, "temperature": temperature, "alpha": alpha,
+            "epochs": epochs, "train_loss": round(train_loss, 5), "train_wall_s": train_wall_s, **comparison,
+            "size_mb": {"teacher": _size_mb(teacher_dir), "student": _size_mb(Path(directory))},
+        }
+        manifest = registry.register(
+            recipe.name, directory, task=recipe.task, base_model=f"{REF_SCHEME}{teacher_id}", labels=labels,
+            metrics=metrics, dataset=data.dataset_ref(), recipe=recipe.model_dump(mode="json"),
+            # The registry only links versions of one model; a differently named student keeps extra.teacher.
+            parent_version=teacher_manifest.version if recipe.name == teacher_manifest.name else None, extra=extra,
+        )
+    echo(_summary(manifest, teacher_manifest.metrics))
+    return manifest
+
+
+def _summary(manifest: Manifest, source_metrics: dict[str, Any]) -> str:
+    extra = manifest.extra
+    before, after = extra["latency_ms"]
+    scores = ", ".join(
+        f"{key} {manifest.metrics[key]:.4f} (was {source_metrics[key]:.4f})" if isinstance(source_metrics.get(key), (int, float))
+        else f"{key} {manifest.metrics[key]:.4f}"
+        for key in ("accuracy", "macro_f1", "in_scope_accuracy", "oos_recall") if key in manifest.metrics
+    )
+    timings = ", ".join(f"{batch} {extra['latency_ms'][before][batch]} -> {extra['latency_ms'][after][batch]} ms" for batch in extra["speedup"])
+    return (
+        f"registered {manifest.name}:{manifest.version} ({extra['optimization']}): {scores}; p50 {timings} "
+        f"(speedup {extra['speedup']}); size {extra['size_mb'][before]} -> {extra['size_mb'][after]} MB"
+    )
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    quantize_cmd = commands.add_parser("quantize", help="register a dynamic-int8 version of a model")
+    quantize_cmd.add_argument("--model", required=True, help="registry://NAME@ALIAS or NAME:VERSION")
+    quantize_cmd.add_argument("--config", help="recipe whose validation data to measure on (default: the model's own)")
+    distill_cmd = commands.add_parser("distill", help="train and register a student with fewer layers")
+    distill_cmd.add_argument("--teacher", required=True, help="registry://NAME@ALIAS or NAME:VERSION")
+    distill_cmd.add_argument("--config", required=True, help="training recipe (configs/train/*.yaml)")
+    distill_cmd.add_argument("--layers", type=int, default=3, help="encoder layers of the student (default 3)")
+    distill_cmd.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
+    distill_cmd.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the soft targets")
+    distill_cmd.add_argument("--alpha", type=float, default=0.5, help="weight of the hard-label loss (1 - alpha: soft)")
+    for command in (quantize_cmd, distill_cmd):
+        command.add_argument("--storage", help="registry storage URI (default: $BATON_STORAGE, else the recipe's)")
+        command.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed runs per latency figure")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        recipe = load_recipe(args.config) if args.config else None
+        default_storage = recipe.storage if recipe else Recipe.model_fields["storage"].default
+        registry = ModelRegistry(Storage(args.storage or os.environ.get("BATON_STORAGE") or default_storage))
+        if args.command == "quantize":
+            quantize(registry, args.model, recipe, repeats=args.repeats)
+        else:
+            distill(
+                registry, args.teacher, recipe, args.layers, args.epochs,
+                temperature=args.temperature, alpha=args.alpha, repeats=args.repeats,
+            )
+    except BatonError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
