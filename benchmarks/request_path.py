@@ -1,6 +1,6 @@
 """Request-path benchmark: what baton's front door costs on top of the model work.
 
-Measures, in one run and at concurrency 1 and 16, over keep-alive HTTP connections:
+Measures, in one run, at concurrency 1 and 16, over keep-alive HTTP connections:
 
   (a) in-process: ``SemanticRouter.decide(text)`` + the sentiment specialist's
       ``predict([text])`` in this process (16 threads share the objects at concurrency 16);
@@ -9,8 +9,10 @@ Measures, in one run and at concurrency 1 and 16, over keep-alive HTTP connectio
   (c) baton's ``POST /v1/route`` with a text the router sends to the sentiment agent.
 
 Then ``overhead = (p50(c) - p50(a)) / p50(b)`` at concurrency 1 (target <= 1.5) and the
-throughput of (c) at concurrency 16 over that at concurrency 1 (target >= 2). Prints a
-table and rewrites the "## Request path" section of ``docs/benchmarks.md``.
+throughput of (c) at concurrency 16 over that at concurrency 1 (target >= 2). It also
+splits (c) into stages and charges the CPU time of every process of the cluster to the
+requests, to show where the time goes. Prints tables and rewrites the "## Request path"
+section of ``docs/benchmarks.md``.
 
 Run: ``python -m benchmarks.request_path [--requests N] [--warmup N]`` (``make bench``).
 """
@@ -47,13 +49,14 @@ SECTION = "## Request path"
 DOC_HEADER = (
     "# Benchmarks\n\n"
     "Measurements of baton made with the scripts in `benchmarks/`. Each script rewrites its own\n"
-    "section below; numbers depend on the machine and on what else runs on it.\n"
+    "section below; the numbers depend on the machine and on what else runs on it.\n"
 )
 
 AGENT = "sentiment"
 TEXT = "I absolutely loved this hotel: the staff were wonderful and the room was spotless."
-NOOP_APP, NOOP_PREFIX = "noop", "/noop"
+NOOP_APP, NOOP_PREFIX, NOOP_DEPLOYMENT = "noop", "/noop", "NoOp"
 CONCURRENCIES = (1, 16)
+HIGH = max(CONCURRENCIES)
 OVERHEAD_TARGET = 1.5  # at most
 SCALING_TARGET = 2.0  # at least
 # The default rate limit (100 req/s, burst 200 per key) would answer 429 within a run;
@@ -64,31 +67,11 @@ PATHS = {
     "b": "(b) Serve no-op over HTTP",
     "c": "(c) baton POST /v1/route",
 }
+CLIENT = "benchmark process (client, in-process work)"
+RAY_OTHER = "other Ray processes (gcs, raylet, agents)"
 
 
-@dataclass
-class Cell:
-    path: str
-    concurrency: int
-    latencies_s: list[float]
-    wall_s: float
-    errors: int = 0
-    server_ms: list[float] = field(default_factory=list)  # baton's own latency_ms, (c) only
-    replicas: dict[str, int] = field(default_factory=dict)  # (c) only: RUNNING replicas during the cell
-
-    @property
-    def n(self) -> int:
-        return len(self.latencies_s)
-
-    def p(self, q: float) -> float:
-        return float(np.percentile(np.asarray(self.latencies_s) * 1000, q))
-
-    @property
-    def throughput(self) -> float:
-        return self.n / self.wall_s if self.wall_s > 0 else float("nan")
-
-
-# -- environment -----------------------------------------------------------------------
+# -- the machine -----------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -133,30 +116,199 @@ def nproc() -> int:
         return os.cpu_count() or 0
 
 
+def load_average() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# -- CPU accounting from /proc -----------------------------------------------------------
+
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _own_pid(actor) -> int:
+    return os.getpid()
+
+
+@dataclass
+class CpuSnapshot:
+    at: float
+    busy_ticks: int  # whole machine, all CPUs
+    total_ticks: int
+    per_pid: dict[int, float]  # CPU seconds of each process of this run (this one and its descendants)
+
+
+class CpuMeter:
+    """CPU seconds used by each process of this run between two snapshots, by role, and
+    what the rest of the machine used meanwhile (other users of a shared machine).
+    """
+
+    def __init__(self) -> None:
+        self.root = os.getpid()
+        self.labels: dict[int, str] = {self.root: CLIENT}
+        self.available = Path("/proc/stat").exists()
+
+    def label_actors(self) -> None:
+        """Name the processes of Serve's actors and baton's control actors (via their pids)."""
+        import ray
+
+        labels = {self.root: CLIENT}
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            name = entry["name"]
+            if name.startswith("SERVE_REPLICA::"):
+                app, deployment = name.split("::", 1)[1].split("#")[:2]
+                label = "no-op replica" if app == NOOP_APP else (
+                    "baton ingress replica(s)" if deployment == "Ingress" else f"agent {deployment} replica(s)"
+                )
+            elif name.startswith("SERVE_PROXY"):
+                label = "Serve HTTP proxy"
+            elif name.startswith("SERVE_CONTROLLER"):
+                label = "Serve controller"
+            elif name.startswith("baton_"):
+                label = f"{name.removeprefix('baton_')} actor"
+            else:
+                continue
+            try:
+                actor = ray.get_actor(name, namespace=entry["namespace"])
+                labels[ray.get(actor.__ray_call__.remote(_own_pid), timeout=10)] = label
+            except Exception:  # an actor restarting: its CPU is counted as "other Ray processes"
+                continue
+        self.labels = labels
+
+    def snapshot(self) -> CpuSnapshot | None:
+        if not self.available:
+            return None
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+        busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7]
+        children: dict[int, list[int]] = {}
+        cpu: dict[int, float] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                rest = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid = int(entry)
+            children.setdefault(int(rest[1]), []).append(pid)
+            cpu[pid] = (int(rest[11]) + int(rest[12])) / TICKS
+        ours, stack = {}, [self.root]
+        while stack:
+            pid = stack.pop()
+            if pid in cpu:
+                ours[pid] = cpu[pid]
+            stack.extend(children.get(pid, []))
+        return CpuSnapshot(time.perf_counter(), busy, busy + ticks[3] + ticks[4], ours)
+
+    def usage(self, before: CpuSnapshot | None, after: CpuSnapshot | None) -> tuple[dict[str, float], float]:
+        """(CPU seconds by role, cores the rest of the machine kept busy on average)."""
+        if before is None or after is None:
+            return {}, float("nan")
+        by_role: dict[str, float] = {}
+        for pid, seconds in after.per_pid.items():
+            used = seconds - before.per_pid.get(pid, 0.0)
+            role = self.labels.get(pid, RAY_OTHER)
+            by_role[role] = by_role.get(role, 0.0) + max(used, 0.0)
+        wall = after.at - before.at
+        total = after.total_ticks - before.total_ticks
+        machine_cores = (after.busy_ticks - before.busy_ticks) / total * nproc() if total else 0.0
+        other = max(machine_cores - sum(by_role.values()) / wall, 0.0) if wall > 0 else float("nan")
+        return by_role, other
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    path: str
+    concurrency: int
+    latencies_s: list[float]
+    wall_s: float
+    errors: int = 0
+    server_ms: list[float] = field(default_factory=list)  # baton's own latency_ms, (c) only
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds by role during the cell
+    other_cores: float = float("nan")  # cores used by the rest of the machine during the cell
+    replicas: dict[str, int] = field(default_factory=dict)  # (c): RUNNING replicas during the cell
+
+    @property
+    def n(self) -> int:
+        return len(self.latencies_s)
+
+    def p(self, q: float) -> float:
+        return float(np.percentile(np.asarray(self.latencies_s) * 1000, q))
+
+    @property
+    def throughput(self) -> float:
+        return self.n / self.wall_s if self.wall_s > 0 else float("nan")
+
+    def cpu_ms_per_request(self, role: str | None = None) -> float:
+        if not self.cpu_s or not self.n:
+            return float("nan")
+        seconds = sum(self.cpu_s.values()) if role is None else self.cpu_s.get(role, 0.0)
+        return seconds / self.n * 1000
+
+
+@dataclass
+class Stage:
+    name: str
+    p50_ms: float
+    server_p50_ms: float | None = None  # baton's latency_ms for HTTP variants
+
+
 # -- the orchestra under test --------------------------------------------------------------
 
 
 def bench_config(config_path: Path, storage_uri: str, drop: list[str]):
-    """The default orchestra with storage in a temporary directory, the rate limit raised
-    and the agents in ``drop`` removed; router, ingress and the sentiment agent unchanged.
+    """The orchestra with storage in a temporary directory, the rate limit raised and the
+    agents in ``drop`` removed; router, ingress and the sentiment agent unchanged.
     """
     from serve.builder import load
 
     config = load(config_path)
     if config.agent(AGENT) is None:
         raise SystemExit(f"{config_path} has no {AGENT!r} agent")
-    unknown = sorted(set(drop) - set(config.agent_names()))
-    if unknown or AGENT in drop:
-        raise SystemExit(f"--drop: cannot drop {sorted(set(drop) & {AGENT}) or unknown}")
+    bad = sorted((set(drop) - set(config.agent_names())) | (set(drop) & {AGENT}))
+    if bad:
+        raise SystemExit(f"--drop: cannot drop {bad} (agents: {config.agent_names()}; {AGENT!r} is measured)")
     auth = config.auth.model_copy(update={"rate_limit": config.auth.rate_limit.model_copy(update=BENCH_RATE_LIMIT)})
     agents = [a for a in config.agents if a.name not in drop]
     return config.model_copy(update={"storage": storage_uri, "auth": auth, "agents": agents})
 
 
+def deployed_config(config, storage_uri: str):
+    """The config as ``build_application`` deploys it (registry models pinned or skipped)."""
+    from serve import builder
+
+    pin = getattr(builder, "pin_models", None)
+    return pin(config, storage_uri) if pin is not None else config
+
+
+def serving_version(config):
+    """The sentiment version with the largest weight: the one most requests reach."""
+    return max(config.agent(AGENT).versions, key=lambda v: v.weight)
+
+
+def in_process_objects(config, storage_uri: str):
+    """The router and the sentiment specialist as the ingress and the agent replica build them."""
+    from actors.router import Embedder, SemanticRouter
+    from actors.specialists.registry import create_specialist
+
+    agent = config.agent(AGENT)
+    chosen = serving_version(config)
+    kind = agent.version_kind(chosen) if hasattr(agent, "version_kind") else agent.kind
+    params = chosen.specialist_params(storage_uri) if hasattr(chosen, "specialist_params") else chosen.params
+    embedder = Embedder(config.router.model_path, config.ingress.resources.torch_threads)
+    router = SemanticRouter(config.agents, config.router, embedder)
+    specialist = create_specialist(kind, params)
+    specialist.load()
+    return embedder, router, specialist, f"{kind} ({AGENT}.{chosen.version})"
+
+
 def noop_application():
     from ray import serve
 
-    @serve.deployment(name="NoOp", ray_actor_options={"num_cpus": 0.1})
+    @serve.deployment(name=NOOP_DEPLOYMENT, ray_actor_options={"num_cpus": 0.1})
     class NoOp:
         async def __call__(self, request) -> dict:
             return {"ok": True}
@@ -164,38 +316,37 @@ def noop_application():
     return NoOp.bind()
 
 
-def replica_counts(app: str) -> dict[str, int]:
+def _deployments(app: str) -> dict:
     from ray import serve
 
     status = serve.status().applications.get(app)
-    if status is None:
-        return {}
+    return dict(status.deployments) if status is not None else {}
+
+
+def _name(value) -> str:
+    return str(getattr(value, "value", value)).split(".")[-1]
+
+
+def replica_counts(app: str) -> dict[str, int]:
     return {
-        name: sum(n for state, n in d.replica_states.items() if str(getattr(state, "value", state)) == "RUNNING")
-        for name, d in status.deployments.items()
+        name: sum(n for state, n in d.replica_states.items() if _name(state) == "RUNNING")
+        for name, d in _deployments(app).items()
     }
 
 
 def app_settled(app: str) -> bool:
     """No deployment of ``app`` is scaling or has replicas starting or stopping."""
-    from ray import serve
-
-    status = serve.status().applications.get(app)
-    if status is None:
-        return False
-    for deployment in status.deployments.values():
-        if str(getattr(deployment.status, "value", deployment.status)) != "HEALTHY":
-            return False
-        for state, count in deployment.replica_states.items():
-            if count and str(getattr(state, "value", state)) != "RUNNING":
-                return False
-    return True
+    deployments = _deployments(app)
+    return bool(deployments) and all(
+        _name(d.status) == "HEALTHY" and all(_name(s) == "RUNNING" for s, n in d.replica_states.items() if n)
+        for d in deployments.values()
+    )
 
 
-# -- measuring -------------------------------------------------------------------------
+# -- load generators -------------------------------------------------------------------
 
 
-def run_threads(fn: Callable[[], None], concurrency: int, n: int, advance: Callable[[], None]) -> tuple[list[float], float]:
+def run_threads(fn: Callable[[], Any], concurrency: int, n: int, advance: Callable[[], None]) -> tuple[list[float], float]:
     """``n`` calls of ``fn`` from ``concurrency`` threads; per-call latencies and wall time."""
     counter = itertools.count()
     latencies: list[float] = []
@@ -227,7 +378,7 @@ async def run_async(
     advance: Callable[[], None],
     stop: asyncio.Event | None = None,
 ) -> tuple[list[float], float, list[Any]]:
-    """``n`` awaits of ``call`` (or until ``stop``) from ``concurrency`` tasks."""
+    """``n`` awaits of ``call`` (or until ``stop`` is set) from ``concurrency`` tasks."""
     counter = itertools.count()
     latencies: list[float] = []
     results: list[Any] = []
@@ -245,25 +396,34 @@ async def run_async(
     return latencies, time.perf_counter() - started, results
 
 
+# -- the benchmark -----------------------------------------------------------------------
+
+
 class Bench:
-    def __init__(self, args: argparse.Namespace, console: Console, config):
+    def __init__(self, args: argparse.Namespace, console: Console, config, storage_uri: str):
         self.args = args
-        self.config = config
         self.console = console
+        self.config = config  # as deployed
+        self.storage_uri = storage_uri
+        self.meter = CpuMeter()
         self.cells: list[Cell] = []
-        self.stages: dict[str, float] = {}
+        self.stages: list[Stage] = []
         self.notes: list[str] = []
 
     def progress(self) -> Progress:
         return Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
+            TextColumn("{task.description:<38}"),
+            BarColumn(bar_width=30),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=self.console,
             refresh_per_second=4,
-            transient=False,
         )
+
+    def measured(self, cell: Cell, before: CpuSnapshot | None) -> Cell:
+        cell.cpu_s, cell.other_cores = self.meter.usage(before, self.meter.snapshot())
+        self.cells.append(cell)
+        return cell
 
     # (a) ------------------------------------------------------------------------------
 
@@ -277,31 +437,37 @@ class Bench:
                 task = progress.add_task(f"{PATHS['a']} c={concurrency}", total=self.args.warmup + self.args.requests)
                 advance = lambda: progress.advance(task)  # noqa: E731
                 run_threads(once, concurrency, self.args.warmup, advance)
+                before = self.meter.snapshot()
                 latencies, wall = run_threads(once, concurrency, self.args.requests, advance)
-                self.cells.append(Cell("a", concurrency, latencies, wall))
+                self.measured(Cell("a", concurrency, latencies, wall), before)
 
     # (b) and (c) ----------------------------------------------------------------------
 
-    async def over_http(self, base_url: str, key: str, autoscaled: bool) -> None:
+    async def over_http(self, base_url: str, key: str) -> None:
         import aiohttp
 
-        body = json.dumps({"text": TEXT}).encode()
+        from serve.builder import APP_NAME
+
         headers = {"Content-Type": "application/json"}
         auth = {**headers, "Authorization": f"Bearer {key}"}
-        connector = aiohttp.TCPConnector(limit=max(CONCURRENCIES) * 2, keepalive_timeout=60)
-        timeout = aiohttp.ClientTimeout(total=60)
-        async with aiohttp.ClientSession(base_url, connector=connector, timeout=timeout) as session:
+        connector = aiohttp.TCPConnector(limit=2 * HIGH, keepalive_timeout=120)
+        async with aiohttp.ClientSession(base_url, connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
 
-            async def noop() -> tuple[int, dict | None]:
-                async with session.post(NOOP_PREFIX, data=body, headers=headers) as response:
-                    await response.read()
-                    return response.status, None
+            def post(path: str, body: dict, with_key: bool):
+                data = json.dumps(body).encode()
+                sent_headers = auth if with_key else headers
 
-            async def route() -> tuple[int, dict | None]:
-                async with session.post("/v1/route", data=body, headers=auth) as response:
-                    payload = await response.read()
-                    return response.status, (json.loads(payload) if response.status == 200 else payload[:300])
+                async def call() -> tuple[int, Any]:
+                    async with session.post(path, data=data, headers=sent_headers) as response:
+                        payload = await response.read()
+                        if not with_key:
+                            return response.status, None
+                        return response.status, json.loads(payload) if response.status == 200 else payload[:300]
 
+                return call
+
+            noop = post(NOOP_PREFIX, {"text": TEXT}, with_key=False)
+            route = post("/v1/route", {"text": TEXT}, with_key=True)
             status, payload = await route()
             if status != 200 or payload.get("agent") != AGENT or payload.get("routed_by") != "router":
                 raise SystemExit(f"baton did not route the benchmark text to {AGENT!r}: {status} {payload}")
@@ -309,82 +475,106 @@ class Bench:
             with self.progress() as progress:
                 for path, call in (("b", noop), ("c", route)):
                     for concurrency in CONCURRENCIES:
-                        total = self.args.warmup + self.args.requests
-                        task = progress.add_task(f"{PATHS[path]} c={concurrency}", total=total)
+                        task = progress.add_task(f"{PATHS[path]} c={concurrency}", total=self.args.warmup + self.args.requests)
                         advance = lambda: progress.advance(task)  # noqa: E731
                         await run_async(call, concurrency, self.args.warmup, advance)
-                        if path == "c" and concurrency > 1 and autoscaled:
+                        if path == "c" and concurrency > 1 and self.args.settle:
                             await self.settle(call, concurrency, progress)
-                        before = await asyncio.to_thread(replica_counts, "baton") if path == "c" else {}
+                        if path == "c":
+                            await asyncio.to_thread(self.meter.label_actors)
+                        replicas = await asyncio.to_thread(replica_counts, APP_NAME) if path == "c" else {}
+                        before = self.meter.snapshot()
                         latencies, wall, results = await run_async(call, concurrency, self.args.requests, advance)
-                        cell = Cell(path, concurrency, latencies, wall)
+                        cell = self.measured(Cell(path, concurrency, latencies, wall, replicas=replicas), before)
                         for status, payload in results:
                             ok = status == 200 and (path == "b" or payload.get("agent") == AGENT)
                             cell.errors += not ok
                             if path == "c" and ok and "latency_ms" in payload:
                                 cell.server_ms.append(payload["latency_ms"])
                         if path == "c":
-                            after = await asyncio.to_thread(replica_counts, "baton")
-                            cell.replicas = after
-                            if before != after:
-                                self.notes.append(
-                                    f"(c) c={concurrency}: replicas changed during the cell: {before} -> {after}"
-                                )
-                        self.cells.append(cell)
+                            after = await asyncio.to_thread(replica_counts, APP_NAME)
+                            if after != replicas:
+                                self.notes.append(f"(c) c={concurrency}: replicas changed during the cell: {replicas} -> {after}")
+                        if path == "c" and concurrency == 1 and self.args.stages > 0:
+                            await self.http_variants(post, progress)
+
+    async def http_variants(self, post, progress: Progress) -> None:
+        """(c) at concurrency 1 without the embedding (agent named), and without the agent call too."""
+        variants = {
+            "POST /v1/route, agent named + dry_run (no embedding, no agent call)": {"text": TEXT, "agent": AGENT, "dry_run": True},
+            "POST /v1/route, agent named (no embedding)": {"text": TEXT, "agent": AGENT},
+        }
+        for name, body in variants.items():
+            call = post("/v1/route", body, with_key=True)
+            n = self.args.stages
+            task = progress.add_task(f"    stage: {name.split(', ')[1][:28]}", total=n + n // 10)
+            await run_async(call, 1, n // 10, lambda: progress.advance(task))
+            latencies, _, results = await run_async(call, 1, n, lambda: progress.advance(task))
+            server = [p["latency_ms"] for s, p in results if s == 200 and "latency_ms" in p]
+            errors = sum(s != 200 for s, _ in results)
+            if errors:
+                self.notes.append(f"{name}: {errors} of {n} requests failed")
+            self.stages.append(
+                Stage(name, float(np.median(latencies)) * 1000, float(np.median(server)) if server else None)
+            )
 
     async def settle(self, call, concurrency: int, progress: Progress) -> None:
-        """Keep load on until the autoscaler has reacted (upscale delay) and no replica is
-        starting, so the measured cell does not include a replica start-up.
+        """Keep the load on until the ingress autoscaler has reacted: the ingress at its
+        max_replicas and nothing starting, or ``--settle-max`` seconds. Without this the
+        measured cell would include a replica's start-up (seconds of CPU on 2 cores).
         """
-        from serve.builder import APP_NAME
+        from serve.builder import APP_NAME, INGRESS
 
+        target = self.config.ingress.autoscaling.max_replicas
+        if target <= self.config.ingress.autoscaling.min_replicas:
+            return
         stop = asyncio.Event()
-        task = progress.add_task(f"    settling autoscaling under c={concurrency} load", total=None)
+        task = progress.add_task(f"    autoscaling under c={concurrency}", total=None)
         load = asyncio.create_task(run_async(call, concurrency, None, lambda: progress.advance(task), stop))
         started = time.monotonic()
         try:
             while time.monotonic() - started < self.args.settle_max:
                 await asyncio.sleep(1.0)
-                if time.monotonic() - started >= self.args.settle_min and await asyncio.to_thread(app_settled, APP_NAME):
+                counts = await asyncio.to_thread(replica_counts, APP_NAME)
+                if counts.get(INGRESS, 0) >= target and await asyncio.to_thread(app_settled, APP_NAME):
                     break
             else:
-                self.notes.append(f"autoscaling had not settled after {self.args.settle_max:.0f} s of load")
+                self.notes.append(
+                    f"the ingress had not reached {target} replicas after {self.args.settle_max:.0f} s of c={concurrency} load"
+                )
         finally:
             stop.set()
             await load
-        counts = await asyncio.to_thread(replica_counts, APP_NAME)
+        took = time.monotonic() - started
+        progress.update(task, total=1, completed=1)
         self.notes.append(
-            f"(c) c={concurrency} was measured after {time.monotonic() - started:.0f} s of settling load; "
-            f"RUNNING replicas then: {counts}"
+            f"(c) c={concurrency} was measured after {took:.0f} s of the same load, which let the ingress "
+            f"autoscaler go from {self.config.ingress.autoscaling.min_replicas} towards {target} replicas"
         )
-        progress.update(task, description=f"    settled after {time.monotonic() - started:.0f} s: {counts}", total=1, completed=1)
 
     # stages ---------------------------------------------------------------------------
 
-    def measure_stages(self, embedder, router, specialist, n: int) -> None:
-        """Single-threaded p50 of the parts of the path, to see where (c)'s time goes."""
+    def in_process_stages(self, embedder, router, specialist, n: int) -> None:
+        """Single-threaded p50 of the parts of the path."""
         from ray import serve
 
         from serve.builder import APP_NAME, deployment_name
 
-        first = self.config.agent(AGENT).versions[0].version
-        sentiment = serve.get_deployment_handle(deployment_name(AGENT, first), app_name=APP_NAME)
-        noop = serve.get_deployment_handle("NoOp", app_name=NOOP_APP)
+        chosen = serving_version(self.config).version
+        agent = serve.get_deployment_handle(deployment_name(AGENT, chosen), app_name=APP_NAME)
+        noop = serve.get_deployment_handle(NOOP_DEPLOYMENT, app_name=NOOP_APP)
         embedding = embedder([TEXT])[0]
         stages: dict[str, Callable[[], Any]] = {
             "embed 1 text (MiniLM, in-process)": lambda: embedder([TEXT]),
             "decide given the embedding (in-process)": lambda: router.decide(TEXT, embedding=embedding),
-            "sentiment predict (in-process)": lambda: specialist.predict([TEXT]),
-            f"DeploymentHandle call to {AGENT}.{first}.predict (from the driver)": lambda: sentiment.predict.remote(
-                TEXT, {}
-            ).result(),
-            "DeploymentHandle call to the no-op (from the driver)": lambda: noop.remote(None).result(),
+            f"{AGENT} predict (in-process)": lambda: specialist.predict([TEXT]),
+            f"DeploymentHandle call {AGENT}.{chosen}.predict (from this process)": lambda: agent.predict.remote(TEXT, {}).result(),
+            "DeploymentHandle call to the no-op (from this process)": lambda: noop.remote(None).result(),
         }
         for name, fn in stages.items():
-            for _ in range(max(5, n // 5)):
-                fn()
+            run_threads(fn, 1, max(5, n // 10), lambda: None)
             latencies, _ = run_threads(fn, 1, n, lambda: None)
-            self.stages[name] = float(np.percentile(np.asarray(latencies) * 1000, 50))
+            self.stages.append(Stage(name, float(np.median(latencies)) * 1000))
 
 
 # -- reporting -------------------------------------------------------------------------
@@ -395,105 +585,163 @@ def cell_of(cells: list[Cell], path: str, concurrency: int) -> Cell:
 
 
 def ratios(cells: list[Cell]) -> tuple[float, float]:
-    a1, b1, c1, c16 = (cell_of(cells, p, c) for p, c in (("a", 1), ("b", 1), ("c", 1), ("c", max(CONCURRENCIES))))
-    overhead = (c1.p(50) - a1.p(50)) / b1.p(50)
-    scaling = c16.throughput / c1.throughput
-    return overhead, scaling
+    a1, b1, c1, c16 = (cell_of(cells, p, c) for p, c in (("a", 1), ("b", 1), ("c", 1), ("c", HIGH)))
+    return (c1.p(50) - a1.p(50)) / b1.p(50), c16.throughput / c1.throughput
 
 
 def verdict(met: bool) -> str:
     return "met" if met else "not met"
 
 
-def rich_table(cells: list[Cell]) -> Table:
-    table = Table(title="Request path: latency and throughput")
-    for column in ("path", "concurrency", "requests", "p50 ms", "p95 ms", "req/s", "errors"):
-        table.add_column(column, justify="left" if column == "path" else "right")
-    for cell in cells:
-        table.add_row(
-            PATHS[cell.path], str(cell.concurrency), str(cell.n), f"{cell.p(50):.2f}", f"{cell.p(95):.2f}",
-            f"{cell.throughput:.1f}", str(cell.errors),
-        )
+def fmt(value: float, digits: int = 2) -> str:
+    return "n/a" if value != value else f"{value:.{digits}f}"  # NaN check
+
+
+MAIN_COLUMNS = ("path", "concurrency", "requests", "p50 ms", "p95 ms", "req/s", "CPU ms/req", "other load (cores)", "errors")
+
+
+def main_rows(cells: list[Cell]) -> list[list[str]]:
+    return [
+        [
+            PATHS[c.path], str(c.concurrency), str(c.n), fmt(c.p(50)), fmt(c.p(95)), fmt(c.throughput, 1),
+            fmt(c.cpu_ms_per_request(), 1), fmt(c.other_cores), str(c.errors),
+        ]
+        for c in cells
+    ]
+
+
+def cpu_columns(cells: list[Cell]) -> list[Cell]:
+    return [c for c in cells if c.path in ("b", "c") and c.cpu_s]
+
+
+def cpu_rows(cells: list[Cell]) -> list[list[str]]:
+    shown = cpu_columns(cells)
+    roles = sorted({r for c in shown for r in c.cpu_s}, key=lambda r: -max(c.cpu_ms_per_request(r) for c in shown))
+    rows = [[role, *(fmt(c.cpu_ms_per_request(role)) for c in shown)] for role in roles]
+    rows.append(["all processes of this run", *(fmt(c.cpu_ms_per_request()) for c in shown)])
+    return [row for row in rows if any(v not in ("0.00", "n/a") for v in row[1:])]
+
+
+def stage_rows(bench: Bench) -> list[list[str]]:
+    rows = [[s.name, fmt(s.p50_ms), fmt(s.server_p50_ms) if s.server_p50_ms is not None else ""] for s in bench.stages]
+    c1 = cell_of(bench.cells, "c", 1)
+    if c1.server_ms:
+        rows.append([f"{PATHS['c']}, c=1 (the full path, for reference)", fmt(c1.p(50)), fmt(float(np.median(c1.server_ms)))])
+    return rows
+
+
+def breakdown(bench: Bench) -> list[str]:
+    """Differences between the measured variants: how (c)'s p50 at concurrency 1 splits up."""
+    by_name = {s.name.split(" (")[0]: s for s in bench.stages}
+    dry = by_name.get("POST /v1/route, agent named + dry_run")
+    named = by_name.get("POST /v1/route, agent named")
+    b1, c1 = cell_of(bench.cells, "b", 1), cell_of(bench.cells, "c", 1)
+    if dry is None or named is None:
+        return []
+    lines = [
+        f"Serve HTTP hop, no-op (b): {b1.p(50):.2f} ms",
+        f"baton's front door without routing or agent (dry_run − (b)): {dry.p50_ms - b1.p(50):.2f} ms "
+        "(FastAPI, middleware, auth, validation, the ingress replica's Serve overhead, a larger response)",
+        f"agent call (agent named − dry_run): {named.p50_ms - dry.p50_ms:.2f} ms",
+        f"semantic routing (full − agent named): {c1.p(50) - named.p50_ms:.2f} ms "
+        "(router embedding batch wait + MiniLM + decide)",
+    ]
+    return lines
+
+
+def render_table(title: str, columns: list[str] | tuple[str, ...], rows: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
     return table
+
+
+def markdown_table(columns, rows) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(columns) - 1)) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def cpu_header(cells: list[Cell]) -> list[str]:
+    return ["process", *(f"({c.path}) c={c.concurrency}" for c in cpu_columns(cells))]
 
 
 def markdown_section(bench: Bench, meta: dict[str, str]) -> str:
     cells = bench.cells
     overhead, scaling = ratios(cells)
-    a1, b1, c1 = cell_of(cells, "a", 1), cell_of(cells, "b", 1), cell_of(cells, "c", 1)
-    c16 = cell_of(cells, "c", max(CONCURRENCIES))
+    a1, b1, c1, c16 = (cell_of(cells, p, c) for p, c in (("a", 1), ("b", 1), ("c", 1), ("c", HIGH)))
     lines = [
         SECTION,
         "",
         "What baton's HTTP front door adds to the work of routing and answering one request.",
-        "(a) runs `SemanticRouter.decide(text)` + the sentiment specialist's `predict([text])` in the",
-        "benchmark process (concurrency 16 = 16 threads sharing the objects, so the GIL and the",
-        "embedder's lock serialise them); (b) is a bare Ray Serve deployment whose `__call__` returns",
-        "`{\"ok\": true}`, a second Serve application on `/noop` in the same Serve instance; (c) is",
-        f"`POST /v1/route` with `{{\"text\": {json.dumps(TEXT)}}}`, which the router sends to the",
-        "`sentiment` agent. HTTP clients: one aiohttp session, keep-alive, pool of 32 connections,",
-        "running in the benchmark process on the same cores.",
+        f"(a) runs `SemanticRouter.decide(text)` + the {meta['specialist']} specialist's `predict([text])` in the",
+        "benchmark process, built as the ingress and the agent replica build them (torch threads",
+        "included); at concurrency 16, 16 threads share them, so the GIL and the embedder's lock serialise",
+        "the work. (b) is a bare Ray Serve deployment whose `__call__` returns `{\"ok\": true}`, a second",
+        "Serve application on `/noop` in the same Serve instance. (c) is `POST /v1/route` with",
+        f"`{{\"text\": {json.dumps(TEXT)}}}`, which the router sends to `{AGENT}`. The HTTP client is one",
+        f"aiohttp session with keep-alive and a pool of {2 * HIGH} connections, in the benchmark process, on the same cores.",
         "",
         f"- Command: `{meta['command']}` (`make bench` runs it with the defaults)",
         f"- Date: {meta['date']}",
-        f"- Machine: {meta['nproc']} CPUs (nproc), {meta['cpu']}, {meta['memory']} RAM; "
-        f"load average before the run {meta['load']}",
+        f"- Machine: {meta['nproc']} CPUs (nproc), {meta['cpu']}, {meta['memory']} RAM; load average "
+        f"{meta['load_before']} before the run, {meta['load_after']} after",
         f"- Versions: ray {meta['ray']}, Python {meta['python']}, torch {meta['torch']}, "
         f"sentence-transformers {meta['st']}, fastapi {meta['fastapi']}, aiohttp {meta['aiohttp']}",
         f"- Cluster: `ray.init(num_cpus=2)`, `serve.start` on 127.0.0.1; orchestra: {meta['orchestra']}",
-        f"- Each cell: {meta['warmup']} warm-up requests, then {meta['requests']} measured; req/s = "
-        "measured requests / wall time of the cell.",
+        f"- Each cell: {meta['warmup']} warm-up requests, then {meta['requests']} measured; req/s = measured "
+        "requests / wall time of the cell. CPU ms/req = CPU time of all processes of this run (client, "
+        "Ray, Serve, baton's actors) / requests; other load = cores the rest of the machine kept busy "
+        "during the cell (from /proc; the machine is shared).",
         "",
-        "| path | concurrency | requests | p50 ms | p95 ms | req/s | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for cell in cells:
-        lines.append(
-            f"| {PATHS[cell.path]} | {cell.concurrency} | {cell.n} | {cell.p(50):.2f} | {cell.p(95):.2f} | "
-            f"{cell.throughput:.1f} | {cell.errors} |"
-        )
-    lines += [
+        *markdown_table(MAIN_COLUMNS, main_rows(cells)),
         "",
-        "| ratio | value | target | |",
-        "| --- | ---: | --- | --- |",
-        f"| overhead = (p50(c) − p50(a)) / p50(b), concurrency 1 | {overhead:.2f} | ≤ {OVERHEAD_TARGET} | "
-        f"{verdict(overhead <= OVERHEAD_TARGET)} |",
-        f"| throughput of (c) at concurrency {max(CONCURRENCIES)} / at concurrency 1 | {scaling:.2f} | "
-        f"≥ {SCALING_TARGET} | {verdict(scaling >= SCALING_TARGET)} |",
+        *markdown_table(
+            ("ratio", "value", "target", "verdict"),
+            [
+                ["overhead = (p50(c) − p50(a)) / p50(b), concurrency 1", fmt(overhead), f"≤ {OVERHEAD_TARGET}", verdict(overhead <= OVERHEAD_TARGET)],
+                [f"throughput of (c) at concurrency {HIGH} / at concurrency 1", fmt(scaling), f"≥ {SCALING_TARGET}", verdict(scaling >= SCALING_TARGET)],
+            ],
+        ),
+        "",
+        f"(c) − (a) at concurrency 1 is {c1.p(50) - a1.p(50):.2f} ms of serving around the same work, "
+        f"{(c1.p(50) - a1.p(50)) / b1.p(50):.1f} times one bare Serve HTTP hop ({b1.p(50):.2f} ms).",
         "",
     ]
     if bench.stages:
         lines += [
-            "Where the time goes (single-threaded p50, measured after the cells):",
+            "### Where the time goes",
             "",
-            "| stage | p50 ms |",
-            "| --- | ---: |",
+            "Stages, single-threaded p50 (the HTTP variants were measured right after (c) at concurrency 1,",
+            "with the same replicas):",
+            "",
+            *markdown_table(("stage", "p50 ms", "baton latency_ms p50"), stage_rows(bench)),
+            "",
         ]
-        lines += [f"| {name} | {ms:.2f} |" for name, ms in bench.stages.items()]
+        lines += [f"- {line}" for line in breakdown(bench)]
+        lines.append("")
+    if cpu_columns(cells):
         lines += [
-            f"| baton's own `latency_ms` (route handler: embedding batch + decide + agent call), (c) c=1 | "
-            f"{np.median(c1.server_ms):.2f} |" if c1.server_ms else "",
-            f"| (c) c=1 client p50 minus baton's `latency_ms` (proxy, FastAPI, middleware, auth) | "
-            f"{c1.p(50) - float(np.median(c1.server_ms)):.2f} |" if c1.server_ms else "",
+            "CPU time per request by process (ms; the work off the request's path, such as the audit",
+            "actor's PII redaction, is included because it shares the same cores):",
+            "",
+            *markdown_table(cpu_header(cells), cpu_rows(cells)),
             "",
         ]
-    lines += [f"- {note}" for note in bench.notes]
-    lines += [
-        f"- (c) − (a) at concurrency 1: {c1.p(50) - a1.p(50):.2f} ms p50 of serving around the same work; "
-        f"one bare Serve HTTP hop (b) is {b1.p(50):.2f} ms.",
-        f"- (c) at concurrency {c16.concurrency}: p50 {c16.p(50):.2f} ms, {c16.throughput:.1f} req/s "
-        f"(concurrency 1: {c1.throughput:.1f} req/s).",
-        "",
-    ]
-    return "\n".join(line for line in _drop_blank_runs(lines))
+    replicas = [f"(c) c={c.concurrency}: {c.replicas}" for c in cells if c.path == "c" and c.replicas]
+    notes = ([f"RUNNING replicas during the cells: {'; '.join(replicas)}"] if replicas else []) + bench.notes
+    lines += [f"- {note}" for note in notes]
+    lines.append("")
+    return "\n".join(_squeeze_blank_lines(lines))
 
 
-def _drop_blank_runs(lines: list[str]) -> list[str]:
+def _squeeze_blank_lines(lines: list[str]) -> list[str]:
     out: list[str] = []
     for line in lines:
-        if line == "" and out and out[-1] == "":
-            continue
-        out.append(line)
+        if not (line == "" and out and out[-1] == ""):
+            out.append(line)
     return out
 
 
@@ -515,22 +763,23 @@ def write_section(section: str, doc: Path = DOC) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.request_path", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=400, help="measured requests per cell (default 400)")
-    parser.add_argument("--warmup", type=int, default=40, help="warm-up requests per cell, not measured (default 40)")
+    parser.add_argument("--requests", type=int, default=300, help="measured requests per cell (default 300)")
+    parser.add_argument("--warmup", type=int, default=30, help="warm-up requests per cell, not measured (default 30)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="orchestra file (default configs/orchestra.yaml)")
     parser.add_argument(
         "--drop", action="append", default=[], metavar="AGENT",
         help="leave this agent out of the orchestra (repeatable), e.g. --drop language",
     )
-    parser.add_argument("--settle-min", type=float, default=None,
-                        help="least seconds of c=16 load on baton before measuring, so the autoscaler has reacted "
-                        "(default: the largest upscale_delay_s of the ingress and sentiment + 5)")
-    parser.add_argument("--settle-max", type=float, default=60.0, help="most seconds of settling load (default 60)")
-    parser.add_argument("--stages", type=int, default=200, help="calls per stage in the breakdown; 0 skips it (default 200)")
+    parser.add_argument(
+        "--no-settle", dest="settle", action="store_false",
+        help=f"measure (c) at c={HIGH} without first letting the ingress autoscaler reach max_replicas",
+    )
+    parser.add_argument("--settle-max", type=float, default=75.0, help="most seconds of settling load (default 75)")
+    parser.add_argument("--stages", type=int, default=150, help="calls per stage in the breakdown; 0 skips it (default 150)")
     parser.add_argument("--no-doc", action="store_true", help="print only; do not rewrite docs/benchmarks.md")
     args = parser.parse_args(argv)
-    if args.requests < 1 or args.warmup < 0:
-        parser.error("--requests must be >= 1 and --warmup >= 0")
+    if args.requests < 1 or args.warmup < 0 or args.stages < 0:
+        parser.error("--requests must be >= 1, --warmup and --stages >= 0")
     return args
 
 
@@ -539,14 +788,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in (("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"), ("RAY_USAGE_STATS_ENABLED", "0")):
         os.environ.setdefault(name, value)
     console = Console()
-    load = "/".join(f"{x:.2f}" for x in os.getloadavg())
     meta = {
         "command": " ".join(["python -m benchmarks.request_path", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": str(nproc()),
         "cpu": cpu_model(),
         "memory": memory_gib(),
-        "load": load,
+        "load_before": load_average(),
         "ray": package("ray"),
         "python": sys.version.split()[0],
         "torch": package("torch"),
@@ -557,37 +805,34 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": str(args.warmup),
     }
     console.rule("baton request-path benchmark")
-    console.print(f"{meta['nproc']} CPUs ({meta['cpu']}), load average {load}; ray {meta['ray']}")
+    console.print(f"{meta['nproc']} CPUs ({meta['cpu']}), load average {meta['load_before']}; ray {meta['ray']}")
 
     import ray
     from ray import serve
 
-    from actors.router import Embedder, SemanticRouter
-    from actors.specialists.registry import create_specialist
     from cluster.keys import KeyStore
     from cluster.storage import Storage
     from serve.builder import APP_NAME, build_application, cluster_env
 
-    if __name__ != "__main__":  # imported (not run with -m): ship this module's classes by value
+    if __name__ != "__main__":  # imported rather than run with -m: ship this module's code by value
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
     with tempfile.TemporaryDirectory(prefix="baton-bench-") as storage_uri:
         config = bench_config(args.config, storage_uri, args.drop)
-        sentiment = config.agent(AGENT)
-        dropped = f", without {', '.join(args.drop)}" if args.drop else ""
+        deployed = deployed_config(config, storage_uri)
+        skipped = sorted(
+            f"{a.name}.{v.version}" for a in config.agents for v in a.versions
+            if not (deployed.agent(a.name) and any(d.version == v.version for d in deployed.agent(a.name).versions))
+        )
+        weights = ", ".join(f"{v.version} {v.weight}%" for v in deployed.agent(AGENT).versions)
+        source = args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config
         meta["orchestra"] = (
-            f"`{args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config}`{dropped} "
-            f"(agents: {', '.join(config.agent_names())}), storage in a temporary directory, "
-            f"rate limit raised to {BENCH_RATE_LIMIT['requests_per_s']:.0f} req/s so no request is answered 429; "
-            "router, ingress and the sentiment agent as configured"
+            f"`{source}`" + (f" without {', '.join(args.drop)}" if args.drop else "")
+            + f"; deployed agents: {', '.join(deployed.agent_names())} ({AGENT}: {weights})"
+            + (f"; not deployed: {', '.join(skipped)} (registry models absent from the empty temporary storage)" if skipped else "")
+            + f"; rate limit raised to {BENCH_RATE_LIMIT['requests_per_s']:.0f} req/s so no request is answered 429;"
+            " router, ingress and the sentiment agent as configured"
         )
-        autoscaled = any(
-            s.autoscaling.max_replicas > s.autoscaling.min_replicas
-            for s in [config.ingress, *sentiment.versions]
-        )
-        if args.settle_min is None:
-            delays = [config.ingress.autoscaling.upscale_delay_s, *(v.autoscaling.upscale_delay_s for v in sentiment.versions)]
-            args.settle_min = max(delays) + 5.0
         key, _ = KeyStore(Storage(storage_uri)).create("invoke", "benchmark")
 
         os.environ.update(cluster_env())
@@ -602,57 +847,51 @@ def main(argv: list[str] | None = None) -> int:
                 namespace="baton-bench",
                 log_to_driver=False,
             )
-            try:
+        try:
+            with console.status("starting Serve, the no-op app and baton (about a minute on 2 cores)..."):
                 serve.start(http_options={"host": "127.0.0.1", "port": port})
                 serve.run(noop_application(), name=NOOP_APP, route_prefix=NOOP_PREFIX)
                 serve.run(build_application(config, storage_uri), name=APP_NAME, route_prefix="/")
-            except BaseException:
-                ray.shutdown()
-                raise
-        console.print(f"cluster up in {time.monotonic() - started:.1f} s; Serve on http://127.0.0.1:{port}")
-
-        bench = Bench(args, console, config)
-        try:
-            # The same objects the ingress builds (its torch thread count included).
-            embedder = Embedder(config.router.model_path, config.ingress.resources.torch_threads)
-            router = SemanticRouter(config.agents, config.router, embedder)
-            specialist = create_specialist(sentiment.kind, sentiment.versions[0].params)
-            specialist.load()
+            console.print(f"cluster up in {time.monotonic() - started:.1f} s; Serve on http://127.0.0.1:{port}")
+            bench = Bench(args, console, deployed, storage_uri)
+            with console.status("loading the router and the specialist in this process..."):
+                embedder, router, specialist, meta["specialist"] = in_process_objects(deployed, storage_uri)
             decision = router.decide(TEXT)
             if decision.agent != AGENT:
                 raise SystemExit(f"the router sends the benchmark text to {decision.agent!r}, not {AGENT!r}")
+            bench.meter.label_actors()
             bench.in_process(router, specialist)
-            asyncio.run(bench.over_http(f"http://127.0.0.1:{port}", key, autoscaled))
+            asyncio.run(bench.over_http(f"http://127.0.0.1:{port}", key))
             if args.stages > 0:
-                with console.status("timing the stages..."):
-                    bench.measure_stages(embedder, router, specialist, args.stages)
+                with console.status("timing the in-process stages and handle calls..."):
+                    bench.in_process_stages(embedder, router, specialist, args.stages)
         finally:
             with console.status("shutting down..."):
                 serve.shutdown()
                 ray.shutdown()
+    meta["load_after"] = load_average()
 
-    console.print(rich_table(bench.cells))
+    console.print(render_table("Request path: latency and throughput", MAIN_COLUMNS, main_rows(bench.cells)))
     overhead, scaling = ratios(bench.cells)
     console.print(
-        f"overhead (p50(c) − p50(a)) / p50(b) at c=1: [bold]{overhead:.2f}[/] (target ≤ {OVERHEAD_TARGET}: "
-        f"{verdict(overhead <= OVERHEAD_TARGET)})"
+        f"overhead (p50(c) − p50(a)) / p50(b) at c=1: [bold]{overhead:.2f}[/] "
+        f"(target ≤ {OVERHEAD_TARGET}: {verdict(overhead <= OVERHEAD_TARGET)})"
     )
     console.print(
-        f"throughput (c) c={max(CONCURRENCIES)} / c=1: [bold]{scaling:.2f}[/] (target ≥ {SCALING_TARGET}: "
-        f"{verdict(scaling >= SCALING_TARGET)})"
+        f"throughput (c) c={HIGH} / c=1: [bold]{scaling:.2f}[/] (target ≥ {SCALING_TARGET}: {verdict(scaling >= SCALING_TARGET)})"
     )
     if bench.stages:
-        stages = Table(title="Stages (single-threaded p50)")
-        stages.add_column("stage")
-        stages.add_column("p50 ms", justify="right")
-        for name, ms in bench.stages.items():
-            stages.add_row(name, f"{ms:.2f}")
-        c1 = cell_of(bench.cells, "c", 1)
-        if c1.server_ms:
-            stages.add_row("baton latency_ms (route handler), (c) c=1", f"{np.median(c1.server_ms):.2f}")
-        console.print(stages)
+        console.print(render_table("Stages (single-threaded p50)", ("stage", "p50 ms", "baton latency_ms p50"), stage_rows(bench)))
+        for line in breakdown(bench):
+            console.print(f"  {line}")
+    if cpu_columns(bench.cells):
+        console.print(render_table("CPU ms per request by process", cpu_header(bench.cells), cpu_rows(bench.cells)))
+    for cell in bench.cells:
+        if cell.replicas:
+            console.print(f"replicas during (c) c={cell.concurrency}: {cell.replicas}")
     for note in bench.notes:
         console.print(f"note: {note}")
+    console.print(f"load average before {meta['load_before']}, after {meta['load_after']}")
     if not args.no_doc:
         write_section(markdown_section(bench, meta))
         console.print(f"wrote the {SECTION!r} section of {DOC.relative_to(REPO)}")

@@ -9,7 +9,6 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console

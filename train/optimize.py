@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import re
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from actors.classifier_io import INT8, load_classifier, quantize_linear, save_quantized
 from cluster.config import parse_config
 from cluster.errors import BatonError, ConfigError
 from cluster.registry import REF_SCHEME, Manifest, ModelRegistry
@@ -30,20 +29,7 @@ from train.finetune import EncodedDataset, collate, encode, evaluate, seed_every
 from train.metrics import classification_metrics, confusion_matrix, predictions
 from train.recipe import Recipe, TrainingSettings, load_recipe
 
-__all__ = [
-    "DISTILLED",
-    "INT8",
-    "distill",
-    "distillation_loss",
-    "load_classifier",
-    "make_student",
-    "measure_latency",
-    "quantize",
-    "quantize_linear",
-]
-
-INT8, DISTILLED = "dynamic-int8", "distilled"
-MARKER, QUANTIZED_WEIGHTS = "optimization.json", "quantized.pt"
+DISTILLED = "distilled"
 LATENCY_BATCHES = (1, 32)
 DEFAULT_REPEATS = 20
 _LAYER_KEY = re.compile(r"\.layer\.(\d+)\.")
@@ -52,39 +38,6 @@ Echo = Callable[[str], None]
 
 
 # -- loading, quantising and timing -------------------------------------------------------
-
-
-def load_classifier(model_dir: str | Path) -> tuple[Any, Any, list[str]]:
-    """(tokenizer, model in eval mode, labels in label-id order) from a ``save_pretrained``
-    directory or from one written by :func:`quantize` (recognised by its ``optimization.json``)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    directory = Path(model_dir)
-    if not directory.is_dir():
-        raise BatonError(f"model directory {str(directory)!r} does not exist")
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    marker = _read_marker(directory)
-    if not marker:
-        model = AutoModelForSequenceClassification.from_pretrained(directory)
-    elif marker.get("optimization") == INT8 and isinstance(marker.get("weights"), str):
-        model = _load_quantized(directory, marker["weights"])
-    else:
-        raise BatonError(f"{directory / MARKER}: unknown optimisation {marker!r}; this code loads {INT8!r}")
-    model.eval()
-    return tokenizer, model, [model.config.id2label[i] for i in range(model.config.num_labels)]
-
-
-def quantize_linear(model: Any) -> Any:
-    """An int8 copy of ``model``: every nn.Linear gets int8 weights and dynamically quantised
-    activations; the float model is left unchanged."""
-    import torch
-
-    with warnings.catch_warnings():
-        # torch deprecates its eager quantisation in favour of torchao, which is not installed
-        # here; the API still works in this torch, and saying so on every call helps nobody.
-        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
-        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor")
-        return torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def measure_latency(tokenizer: Any, model: Any, texts: Sequence[str], batch_size: int, repeats: int, *, max_length: int = 128) -> float:
@@ -103,39 +56,6 @@ def measure_latency(tokenizer: Any, model: Any, texts: Sequence[str], batch_size
             model(**tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
             timings.append(time.perf_counter() - started)
     return round(statistics.median(timings[1:]) * 1000, 3)
-
-
-def _read_marker(directory: Path) -> dict[str, Any]:
-    path = directory / MARKER
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise BatonError(f"{path}: not JSON: {error}") from None
-
-
-def _load_quantized(directory: Path, weights: str) -> Any:
-    """Rebuild the int8 modules by quantising a float skeleton of the config, then fill them
-    from the saved state: no pickled code is loaded, so ``weights_only`` stays on."""
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    model = quantize_linear(AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(directory)))
-    try:
-        model.load_state_dict(torch.load(directory / weights, weights_only=True))
-    except (OSError, RuntimeError) as error:
-        raise BatonError(f"{directory / weights}: cannot load the int8 weights: {error}") from None
-    return model
-
-
-def _save_quantized(tokenizer: Any, model: Any, directory: Path) -> None:
-    import torch
-
-    tokenizer.save_pretrained(directory)
-    model.config.save_pretrained(directory)
-    torch.save(model.state_dict(), directory / QUANTIZED_WEIGHTS)
-    (directory / MARKER).write_text(json.dumps({"optimization": INT8, "weights": QUANTIZED_WEIGHTS}) + "\n", encoding="utf-8")
 
 
 # -- distillation ---------------------------------------------------------------------------
@@ -295,7 +215,7 @@ def quantize(
     quantized = quantize_linear(model)
     metrics, comparison = _compare(tokenizer, {"float32": model, "int8": quantized}, validation, labels, recipe, repeats)
     with tempfile.TemporaryDirectory() as directory:
-        _save_quantized(tokenizer, quantized, Path(directory))
+        save_quantized(tokenizer, quantized, Path(directory))
         extra = {
             "optimization": INT8, "source": source_id, **comparison,
             "size_mb": {"float32": _size_mb(source_dir), "int8": _size_mb(Path(directory))},

@@ -11,11 +11,11 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors.classifier_io import load_classifier
 from actors.specialists.base import Specialist
 from cluster.registry import ModelRegistry
 from cluster.storage import Storage
 
-QUANTIZED_FILE = "quantized.pt"
 SENTIMENT_LABELS = ("POSITIVE", "NEGATIVE", "NEUTRAL", "MIXED")
 
 
@@ -38,22 +38,6 @@ class ClassifyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     top_k: int | None = Field(None, ge=1, le=1000, description="Labels listed in 'scores' (default: params.top_k_scores).")
-
-
-def load_classifier(model_dir: str | Path):
-    """(tokenizer, model, labels) from a Hugging Face directory, or one holding an int8 ``quantized.pt``."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    directory = Path(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    if (directory / QUANTIZED_FILE).is_file():
-        model = torch.load(directory / QUANTIZED_FILE, weights_only=False)
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(directory)
-    model.eval()
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    return tokenizer, model, labels
 
 
 def sentiment_result(labels: list[str], probabilities: np.ndarray, neutral_threshold: float) -> dict:

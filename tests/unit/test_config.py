@@ -70,7 +70,6 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_every_config_field_is_described():
-    from pydantic import BaseModel
 
     import cluster.config as module
 

@@ -72,7 +72,8 @@ def float_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def recipe(tmp_path) -> Recipe:
-    rows = [{"text": f"{text} {n}", "label": label} for n in range(3) for label, texts in (("POSITIVE", POSITIVE), ("NEGATIVE", NEGATIVE)) for text in texts]
+    labelled = [(text, "POSITIVE") for text in POSITIVE] + [(text, "NEGATIVE") for text in NEGATIVE]
+    rows = [{"text": f"{text} {n}", "label": label} for n in range(3) for text, label in labelled]
     data = tmp_path / "reviews.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return Recipe.model_validate({
