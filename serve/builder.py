@@ -15,6 +15,7 @@ from cluster.config import (
     AgentSettings,
     OrchestraConfig,
     ResourceSettings,
+    RouterSettings,
     VersionSettings,
     config_dict,
     load_orchestra,
@@ -76,7 +77,21 @@ def pin_models(config: OrchestraConfig, storage_uri: str) -> OrchestraConfig:
     router = config.router
     if router.fallback_agent not in names:
         router = router.model_copy(update={"fallback_agent": None})
-    return config.model_copy(update={"agents": agents, "router": router})
+    return config.model_copy(update={"agents": agents, "router": pin_router_classifier(router, registry)})
+
+
+def pin_router_classifier(router: RouterSettings, registry: ModelRegistry) -> RouterSettings:
+    classifier = router.classifier
+    if classifier is None or not classifier.model.startswith("registry://"):
+        return router
+    try:
+        name, number = registry.resolve(classifier.model)
+    except NotFound:
+        if classifier.if_missing == "fail":
+            raise ConfigError(f"router.classifier.model {classifier.model} is not in the registry") from None
+        logger.warning("router classifier %s not in the registry; routing on similarity alone", classifier.model)
+        return router.model_copy(update={"classifier": None})
+    return router.model_copy(update={"classifier": classifier.model_copy(update={"model": f"registry://{name}:{number}"})})
 
 
 def deployment_name(agent: str, version: str) -> str:

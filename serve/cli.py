@@ -219,15 +219,18 @@ def router_eval(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """In-scope accuracy, out-of-scope recall, in-scope rejection, confusion and latency."""
-    from actors.router import Embedder, SemanticRouter
+    from actors.router import build_router
     from actors.routing_eval import evaluate_router
+    from serve.builder import pin_models
 
     config = _load(config_path)
+    storage_uri = resolve_storage_uri(config, Path.cwd())
+    config = pin_models(config, storage_uri)
     rows = [row for path in data for row in _read_jsonl(path)]
     for index, row in enumerate(rows):
         if text_field not in row or label_field not in row:
             raise ConfigError(f"row {index + 1}: needs fields {text_field!r} and {label_field!r}, has {sorted(row)}")
-    router = SemanticRouter(config.agents, config.router, Embedder(config.router.model_path))
+    router = build_router(config, storage_uri)
     progress = (lambda it: it) if as_json else (lambda it: track(it, description="routing", console=console))
     try:
         report = evaluate_router(

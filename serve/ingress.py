@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.ratelimit import RateLimiter
 from actors.reporter import BufferedReporter
-from actors.router import Embedder, SemanticRouter
+from actors.router import build_router
 from actors.traffic import TrafficTable
 from cluster.config import OrchestraConfig
 from cluster.errors import (
@@ -126,14 +126,10 @@ class Gateway:
         self.keys.reload()
         self.registry = ModelRegistry(Storage(storage_uri))
         self.limiter = RateLimiter(self.config.auth.rate_limit.requests_per_s, self.config.auth.rate_limit.burst)
-        self.router = SemanticRouter(
-            self.config.agents,
-            self.config.router,
-            Embedder(self.config.router.model_path, self.config.ingress.resources.torch_threads),
-        )
+        self.router = build_router(self.config, storage_uri, self.config.ingress.resources.torch_threads)
         batching = self.config.router.batching
-        self._embed_batch.set_max_batch_size(batching.max_batch_size)
-        self._embed_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self._score_batch.set_max_batch_size(batching.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         self.actors = control.control_actors(self.config, storage_uri)
         self.traffic = TrafficTable(control.initial_traffic(self.config))
         self.traffic.load(ray.get(self.actors[control.TRAFFIC].snapshot.remote()))
@@ -190,8 +186,8 @@ class Gateway:
     # -- request path -----------------------------------------------------------------
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def _embed_batch(self, texts: list[str]) -> list:
-        return list(await asyncio.to_thread(self.router.embed, texts))
+    async def _score_batch(self, texts: list[str]) -> list:
+        return list(await asyncio.to_thread(self.router.scores, texts))
 
     def check_text(self, text: str) -> None:
         limit = self.config.limits.max_text_chars
@@ -206,8 +202,8 @@ class Gateway:
     async def route(self, request: Request, body: RouteBody) -> dict:
         self.check_text(body.text)
         self.check_options(body.options)
-        embedding = None if body.agent is not None else (await self._embed_batch(body.text))
-        decision = self.router.decide(body.text, embedding=embedding, agent=body.agent, session_id=body.session_id)
+        scores = None if body.agent is not None else (await self._score_batch(body.text))
+        decision = self.router.decide(body.text, scores=scores, agent=body.agent, session_id=body.session_id)
         note(request, routed_by=decision.routed_by, confidence=decision.confidence, agent=decision.agent)
         response = {"request_id": request_id_of(request), **decision.as_dict(), "version": None, "result": None}
         if decision.agent is not None:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.classifier_io import load_classifier
+from actors.classifier_io import TextClassifier
 from actors.specialists.base import Specialist
 from cluster.registry import ModelRegistry
 from cluster.storage import Storage
@@ -70,7 +70,7 @@ class ClassifySpecialist(Specialist):
         return self.params.model
 
     def _extras(self) -> dict:
-        return {"labels": self._labels} if self._loaded else {}
+        return {"labels": self._classifier.labels} if self._loaded else {}
 
     def _model_dir(self) -> Path:
         if not self.params.model.startswith("registry://"):
@@ -79,22 +79,16 @@ class ClassifySpecialist(Specialist):
         return ModelRegistry(storage).fetch(self.params.model)
 
     def _load(self) -> None:
-        self._tokenizer, self._model, self._labels = load_classifier(self._model_dir())
+        self._classifier = TextClassifier(self._model_dir(), self.params.max_length)
 
     def _predict(self, texts: list[str], options: list[Any]) -> list[dict]:
-        import torch
-
-        batch = self._tokenizer(texts, truncation=True, max_length=self.params.max_length, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            probabilities = torch.softmax(self._model(**batch).logits, dim=-1).numpy()
+        probabilities = self._classifier(texts)
         return [self._result(row, option) for row, option in zip(probabilities, options)]
 
     def _result(self, probabilities: np.ndarray, option: ClassifyOptions) -> dict:
         if self.params.output == "sentiment":
-            return sentiment_result(self._labels, probabilities, self.params.neutral_threshold)
+            return sentiment_result(self._classifier.labels, probabilities, self.params.neutral_threshold)
         top_k = option.top_k or self.params.top_k_scores
         best = np.argsort(-probabilities)[:top_k]
-        return {
-            "label": self._labels[int(best[0])],
-            "scores": {self._labels[int(i)]: round(float(probabilities[i]), 4) for i in best},
-        }
+        labels = self._classifier.labels
+        return {"label": labels[int(best[0])], "scores": {labels[int(i)]: round(float(probabilities[i]), 4) for i in best}}

@@ -112,3 +112,27 @@ def test_evaluate_router_counts_accuracy_rejection_and_oos(embed):
 def test_evaluate_router_rejects_labels_that_are_not_agents(embed):
     with pytest.raises(ValueError, match="sports"):
         evaluate_router(make_router(embed), [{"text": "goal!", "agent": "sports"}])
+
+
+class FixedClassifier:
+    """Test double for a registered agent classifier: always the same probabilities."""
+
+    labels = ["banking", "weather", "oos"]
+
+    def __call__(self, texts):
+        import numpy as np
+
+        return np.tile([0.9, 0.05, 0.05], (len(texts), 1))
+
+
+def test_classifier_is_blended_with_similarity(embed):
+    settings = {"threshold": 0.5, "calibration": {"midpoint": 0.35, "temperature": 0.05},
+                "classifier": {"model": "/unused", "weight": 1.0}}
+    router = SemanticRouter(AGENTS, RouterSettings.model_validate(settings), embed, classifier=FixedClassifier())
+    decision = router.decide("will it rain tomorrow in Berlin")
+    assert decision.agent == "banking" and decision.confidence == pytest.approx(0.9)
+    half = SemanticRouter(AGENTS, RouterSettings.model_validate({**settings, "classifier": {"model": "/unused", "weight": 0.5}}), embed,
+                          classifier=FixedClassifier())
+    scores = {c["agent"]: c["score"] for c in half.decide("will it rain tomorrow in Berlin").candidates}
+    plain = {c["agent"]: c["score"] for c in make_router(embed).decide("will it rain tomorrow in Berlin").candidates}
+    assert scores["banking"] == pytest.approx(0.5 * plain["banking"] + 0.45, abs=1e-3)

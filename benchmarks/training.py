@@ -1,0 +1,226 @@
+"""Training benchmarks, side by side in one run: Ray Train (1 and 2 workers) against a plain
+PyTorch loop on the same model, data and epoch; ASHA against a grid on one search space;
+int8 against float32 latency and accuracy. Writes the "## Training" section of docs/benchmarks.md.
+
+    python -m benchmarks.training [--rows 3000] [--search-rows 1500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from cluster.registry import ModelRegistry
+from cluster.storage import Storage
+from train.data import load_dataset
+from train.finetune import (
+    EncodedDataset,
+    build_model,
+    build_trainer,
+    collate,
+    encode,
+    loop_config,
+    resolve_base_model,
+    run_epoch,
+    seed_everything,
+)
+from train.recipe import Recipe
+
+REPO = Path(__file__).resolve().parent.parent
+SST2 = REPO.parent / "shared" / "datasets" / "sst2" / "train.tsv"
+DOC = REPO / "docs" / "benchmarks.md"
+console = Console()
+
+
+def recipe(rows: int, storage: str, **training) -> Recipe:
+    return Recipe.model_validate(
+        {
+            "name": "bench-sst2",
+            "storage": storage,
+            "data": {"train": str(SST2), "label_map": {"0": "NEGATIVE", "1": "POSITIVE"}, "max_rows": rows,
+                     "validation_fraction": 0.2, "seed": 1},
+            "training": {"epochs": 1, "learning_rate": 5e-5, "batch_size": 32, "max_length": 64, "seed": 1,
+                         "early_stopping": None, **training},
+        }
+    )
+
+
+# -- 1. Ray Train against a plain loop ---------------------------------------------------------
+
+
+def plain_loop(base: Recipe, threads: int) -> float:
+    """Samples per second of one epoch in this process, with the same model and batches."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    torch.set_num_threads(threads)
+    seed_everything(base.training.seed)
+    data = load_dataset(base.data)
+    tokenizer, model = build_model(resolve_base_model(None, base.storage), data.labels)
+    label_ids = {label: i for i, label in enumerate(data.labels)}
+    encoded = encode(tokenizer, data.train.texts, data.train.labels, label_ids, base.training.max_length)
+    loader = DataLoader(EncodedDataset(encoded), batch_size=base.training.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(1), collate_fn=lambda b: collate(b, tokenizer.pad_token_id))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=base.training.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    _, rate = run_epoch(model, loader, optimizer, scheduler, 0, 1, rank=1)
+    return rate
+
+
+def ray_train(base: Recipe, workers: int) -> tuple[float, float]:
+    """(samples/s inside the epoch, wall seconds including start-up) for one epoch."""
+    scaled = base.model_copy(update={"scaling": base.scaling.model_copy(update={"num_workers": workers, "resources_per_worker": {"CPU": 2 / workers}})})
+    data = load_dataset(scaled.data)
+    storage = Storage(scaled.storage)
+    started = time.perf_counter()
+    result = build_trainer(scaled, loop_config(scaled, data, storage.uri), storage, f"bench-{workers}w-{int(time.time())}").fit()
+    return float(result.metrics["samples_per_s"]), time.perf_counter() - started
+
+
+# -- 2. ASHA against a grid ---------------------------------------------------------------------
+
+
+def search(base: Recipe, learning_rates: list[float], epochs: int, asha: bool) -> tuple[float, int, float]:
+    """(best accuracy, trial-epochs run, wall seconds) over a grid of learning rates."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from train.tune import trial
+
+    data = load_dataset(base.data)
+    storage = Storage(base.storage)
+    tuned = base.model_copy(update={"training": base.training.model_copy(update={"epochs": epochs}),
+                                    "scaling": base.scaling.model_copy(update={"num_workers": 1, "resources_per_worker": {"CPU": 1}})})
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=4) if asha else FIFOScheduler()
+    run = f"bench-{'asha' if asha else 'grid'}-{int(time.time())}"
+    trainable = tune.with_resources(
+        tune.with_parameters(trial, recipe_json=tuned.model_dump(mode="json"), base=loop_config(tuned, data, storage.uri),
+                             storage_uri=storage.uri, run=run),
+        {"CPU": 0.01},
+    )
+    started = time.perf_counter()
+    results = tune.Tuner(
+        trainable,
+        param_space={"train_loop_config": {"learning_rate": tune.grid_search(learning_rates)}},
+        tune_config=tune.TuneConfig(metric="accuracy", mode="max", scheduler=scheduler, max_concurrent_trials=2),
+        run_config=tune.RunConfig(name=run, storage_path=storage.url("tune")),
+    ).fit()
+    best = max(float(r.metrics_dataframe["accuracy"].max()) for r in results)
+    trial_epochs = sum(len(r.metrics_dataframe) for r in results)
+    return best, trial_epochs, time.perf_counter() - started
+
+
+# -- 3. int8 against float32 -----------------------------------------------------------------
+
+
+def quantisation(base: Recipe) -> dict:
+    """Fine-tune one epoch, register it, quantise it; latency and accuracy of both."""
+    from train.finetune import finetune
+    from train.optimize import quantize
+
+    manifest = finetune(base, storage_uri=base.storage, fresh=True, echo=lambda _: None)
+    quantised = quantize(ModelRegistry(Storage(base.storage)), f"registry://{manifest.name}:{manifest.version}", echo=lambda _: None)
+    return {"float": manifest, "int8": quantised}
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    import ray
+    import torch
+
+    return f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, ray {ray.__version__}, torch {torch.__version__}"
+
+
+def write_section(text: str) -> None:
+    current = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    pattern = re.compile(r"^## Training\n.*?(?=^## |\Z)", re.S | re.M)
+    current = pattern.sub("", current).rstrip() + "\n\n" + text.strip() + "\n"
+    DOC.write_text(current)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=3000, help="SST-2 rows for the throughput and quantisation runs")
+    parser.add_argument("--search-rows", type=int, default=1500, help="SST-2 rows for ASHA against grid")
+    parser.add_argument("--search-epochs", type=int, default=4)
+    args = parser.parse_args()
+    import ray
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(num_cpus=2, log_to_driver=False)
+    storage = tempfile.mkdtemp(prefix="baton-bench-")
+    base = recipe(args.rows, storage)
+
+    console.print("[bold]1/3 throughput[/bold]: plain loop, Ray Train 1 worker, Ray Train 2 workers")
+    plain = plain_loop(base, threads=2)
+    one, one_wall = ray_train(base, 1)
+    two, two_wall = ray_train(base, 2)
+
+    console.print("[bold]2/3 search[/bold]: grid, then ASHA, same 8 learning rates")
+    rates = [float(x) for x in np.geomspace(1e-5, 3e-4, 8)]
+    small = recipe(args.search_rows, storage)
+    grid_best, grid_epochs, grid_wall = search(small, rates, args.search_epochs, asha=False)
+    asha_best, asha_epochs, asha_wall = search(small, rates, args.search_epochs, asha=True)
+
+    console.print("[bold]3/3 quantisation[/bold]: float32 against dynamic int8")
+    q = quantisation(base)
+    latency = q["int8"].extra["latency_ms"]
+
+    command = "python -m benchmarks.training " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
+    lines = [
+        "## Training",
+        "",
+        f"Command: `{command}` (run by `make bench-training`), {dt.date.today().isoformat()}, on {machine()}.",
+        f"Data: {args.rows} SST-2 rows (80/20 split), MiniLM-L6, max_length 64, batch 32, one epoch; all in one run.",
+        "",
+        "| training | samples/s (in epoch) | ratio to plain | wall s incl. start-up |",
+        "| --- | --- | --- | --- |",
+        f"| plain PyTorch loop, 1 process, 2 threads | {plain:.1f} | 1.00 | - |",
+        f"| Ray Train, 1 worker (2 CPUs) | {one:.1f} | {one / plain:.2f} | {one_wall:.0f} |",
+        f"| Ray Train, 2 workers (1 CPU each, gloo DDP) | {two:.1f} | {two / plain:.2f} | {two_wall:.0f} |",
+        "",
+        f"Target: Ray Train at least 0.9x the plain loop: 1 worker {'met' if one / plain >= 0.9 else 'NOT met'} ({one / plain:.2f}x), "
+        f"2 workers {'met' if two / plain >= 0.9 else 'NOT met'} ({two / plain:.2f}x).",
+        "",
+        f"| search ({len(rates)} learning rates 1e-5..3e-4, {args.search_epochs} epochs max, {args.search_rows} rows) | best accuracy | trial-epochs | wall s |",
+        "| --- | --- | --- | --- |",
+        f"| grid (every trial runs every epoch) | {grid_best:.4f} | {grid_epochs} | {grid_wall:.0f} |",
+        f"| ASHA (grace 1, reduction factor 4) | {asha_best:.4f} | {asha_epochs} | {asha_wall:.0f} |",
+        "",
+        f"Target: same best accuracy within 0.5 point at 40% or less of the compute: accuracy gap {100 * (grid_best - asha_best):.2f} points, "
+        f"compute {asha_epochs / grid_epochs:.0%} of the grid: {'met' if grid_best - asha_best <= 0.005 and asha_epochs <= 0.4 * grid_epochs else 'NOT met'}.",
+        "",
+        "| model | p50 ms, batch 1 | p50 ms, batch 32 | accuracy |",
+        "| --- | --- | --- | --- |",
+        f"| float32 | {latency['float32']['batch_1']:.1f} | {latency['float32']['batch_32']:.1f} | {q['float'].metrics['accuracy']:.4f} |",
+        f"| dynamic int8 | {latency['int8']['batch_1']:.1f} | {latency['int8']['batch_32']:.1f} | {q['int8'].metrics['accuracy']:.4f} |",
+        "",
+        f"Target: int8 at least 1.5x faster with at most 1 point lost: speed-up {latency['float32']['batch_1'] / latency['int8']['batch_1']:.2f}x (batch 1), "
+        f"{latency['float32']['batch_32'] / latency['int8']['batch_32']:.2f}x (batch 32), accuracy change {100 * (q['int8'].metrics['accuracy'] - q['float'].metrics['accuracy']):+.2f} points.",
+    ]
+    write_section("\n".join(lines))
+    table = Table("what", "value")
+    for name, value in [("plain samples/s", plain), ("ray 1w", one), ("ray 2w", two), ("grid best", grid_best), ("asha best", asha_best),
+                        ("grid epochs", grid_epochs), ("asha epochs", asha_epochs)]:
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    console.print(f"written to {DOC}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
