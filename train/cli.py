@@ -169,8 +169,37 @@ def _audit(storage: str, action: str, output: dict, status: int) -> None:
     writer.close()
 
 
+optimize_app = typer.Typer(help="Smaller and faster versions of registered models.", no_args_is_help=True)
+
+
+@optimize_app.command("quantize")
+def optimize_quantize(
+    ref: str = typer.Argument(..., help="registry://NAME@ALIAS or NAME:VERSION"),
+    storage: str = StorageOption,
+) -> None:
+    """Register a dynamic-int8 version, with its accuracy and latency against float32."""
+    from train.optimize import quantize
+
+    quantize(_registry(storage), ref)
+
+
+@optimize_app.command("distill")
+def optimize_distill(
+    teacher: str = typer.Argument(..., help="registry://NAME@ALIAS or NAME:VERSION"),
+    recipe: Path = typer.Option(..., "--config", help="Recipe whose data the student learns from."),
+    layers: int = typer.Option(3, help="Encoder layers of the student."),
+    storage: str = StorageOption,
+) -> None:
+    """Train and register a student with fewer layers on the teacher's soft labels."""
+    from train.optimize import distill
+    from train.recipe import load_recipe
+
+    distill(_registry(storage), teacher, load_recipe(recipe), layers)
+
+
 def register(root: typer.Typer) -> None:
     root.command()(train)
     root.command()(tune)
     root.add_typer(models_app, name="models")
+    root.add_typer(optimize_app, name="optimize")
 
