@@ -293,16 +293,20 @@ def in_process_objects(config, storage_uri: str):
     """The router and the sentiment specialist as the ingress and the agent replica build them."""
     from actors.router import Embedder, SemanticRouter
     from actors.specialists.registry import create_specialist
+    import actors.router as routing
 
     agent = config.agent(AGENT)
     chosen = serving_version(config)
     kind = agent.version_kind(chosen) if hasattr(agent, "version_kind") else agent.kind
     params = chosen.specialist_params(storage_uri) if hasattr(chosen, "specialist_params") else chosen.params
-    embedder = Embedder(config.router.model_path, config.ingress.resources.torch_threads)
-    router = SemanticRouter(config.agents, config.router, embedder)
+    threads = config.ingress.resources.torch_threads
+    if hasattr(routing, "build_router"):  # what the ingress calls (with the router's classifier, if any)
+        router = routing.build_router(config, storage_uri, threads)
+    else:
+        router = SemanticRouter(config.agents, config.router, Embedder(config.router.model_path, threads))
     specialist = create_specialist(kind, params)
     specialist.load()
-    return embedder, router, specialist, f"{kind} ({AGENT}.{chosen.version})"
+    return router, specialist, f"{kind} ({AGENT}.{chosen.version})"
 
 
 def noop_application():
@@ -554,7 +558,7 @@ class Bench:
 
     # stages ---------------------------------------------------------------------------
 
-    def in_process_stages(self, embedder, router, specialist, n: int) -> None:
+    def in_process_stages(self, router, specialist, n: int) -> None:
         """Single-threaded p50 of the parts of the path."""
         from ray import serve
 
@@ -563,10 +567,15 @@ class Bench:
         chosen = serving_version(self.config).version
         agent = serve.get_deployment_handle(deployment_name(AGENT, chosen), app_name=APP_NAME)
         noop = serve.get_deployment_handle(NOOP_DEPLOYMENT, app_name=NOOP_APP)
-        embedding = embedder([TEXT])[0]
-        stages: dict[str, Callable[[], Any]] = {
-            "embed 1 text (MiniLM, in-process)": lambda: embedder([TEXT]),
-            "decide given the embedding (in-process)": lambda: router.decide(TEXT, embedding=embedding),
+        stages: dict[str, Callable[[], Any]] = {"embed 1 text (MiniLM, in-process)": lambda: router.embed([TEXT])}
+        if hasattr(router, "scores"):  # the batched part of routing: embedding + similarity (+ classifier)
+            scores = router.scores([TEXT])[0]
+            stages["router scores for 1 text (in-process)"] = lambda: router.scores([TEXT])
+            stages["decide given the scores (in-process)"] = lambda: router.decide(TEXT, scores=scores)
+        else:
+            embedding = router.embed([TEXT])[0]
+            stages["decide given the embedding (in-process)"] = lambda: router.decide(TEXT, embedding=embedding)
+        stages |= {
             f"{AGENT} predict (in-process)": lambda: specialist.predict([TEXT]),
             f"DeploymentHandle call {AGENT}.{chosen}.predict (from this process)": lambda: agent.predict.remote(TEXT, {}).result(),
             "DeploymentHandle call to the no-op (from this process)": lambda: noop.remote(None).result(),
@@ -687,7 +696,7 @@ def markdown_section(bench: Bench, meta: dict[str, str]) -> str:
         f"- Command: `{meta['command']}` (`make bench` runs it with the defaults)",
         f"- Date: {meta['date']}",
         f"- Machine: {meta['nproc']} CPUs (nproc), {meta['cpu']}, {meta['memory']} RAM; load average "
-        f"{meta['load_before']} before the run, {meta['load_after']} after",
+        f"{meta['load_before']} before the run (see \"other load\" for what else ran during each cell)",
         f"- Versions: ray {meta['ray']}, Python {meta['python']}, torch {meta['torch']}, "
         f"sentence-transformers {meta['st']}, fastapi {meta['fastapi']}, aiohttp {meta['aiohttp']}",
         f"- Cluster: `ray.init(num_cpus=2)`, `serve.start` on 127.0.0.1; orchestra: {meta['orchestra']}",
@@ -788,6 +797,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in (("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"), ("RAY_USAGE_STATS_ENABLED", "0")):
         os.environ.setdefault(name, value)
     console = Console()
+    if not console.is_terminal:  # piped or logged: wide enough for the tables
+        console = Console(width=max(console.width, 150))
     meta = {
         "command": " ".join(["python -m benchmarks.request_path", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -855,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"cluster up in {time.monotonic() - started:.1f} s; Serve on http://127.0.0.1:{port}")
             bench = Bench(args, console, deployed, storage_uri)
             with console.status("loading the router and the specialist in this process..."):
-                embedder, router, specialist, meta["specialist"] = in_process_objects(deployed, storage_uri)
+                router, specialist, meta["specialist"] = in_process_objects(deployed, storage_uri)
             decision = router.decide(TEXT)
             if decision.agent != AGENT:
                 raise SystemExit(f"the router sends the benchmark text to {decision.agent!r}, not {AGENT!r}")
@@ -864,12 +875,11 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(bench.over_http(f"http://127.0.0.1:{port}", key))
             if args.stages > 0:
                 with console.status("timing the in-process stages and handle calls..."):
-                    bench.in_process_stages(embedder, router, specialist, args.stages)
+                    bench.in_process_stages(router, specialist, args.stages)
         finally:
             with console.status("shutting down..."):
                 serve.shutdown()
                 ray.shutdown()
-    meta["load_after"] = load_average()
 
     console.print(render_table("Request path: latency and throughput", MAIN_COLUMNS, main_rows(bench.cells)))
     overhead, scaling = ratios(bench.cells)
@@ -891,7 +901,6 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"replicas during (c) c={cell.concurrency}: {cell.replicas}")
     for note in bench.notes:
         console.print(f"note: {note}")
-    console.print(f"load average before {meta['load_before']}, after {meta['load_after']}")
     if not args.no_doc:
         write_section(markdown_section(bench, meta))
         console.print(f"wrote the {SECTION!r} section of {DOC.relative_to(REPO)}")

@@ -24,10 +24,10 @@ from cluster.registry import ModelRegistry
 from cluster.storage import Storage
 from train.data import load_dataset
 from train.finetune import (
-    EncodedDataset,
+    batch_tensors,
+    bucketed_batches,
     build_model,
     build_trainer,
-    collate,
     encode,
     loop_config,
     resolve_base_model,
@@ -61,7 +61,6 @@ def recipe(rows: int, storage: str, **training) -> Recipe:
 def plain_loop(base: Recipe, threads: int) -> float:
     """Samples per second of one epoch in this process, with the same model and batches."""
     import torch
-    from torch.utils.data import DataLoader
 
     torch.set_num_threads(threads)
     seed_everything(base.training.seed)
@@ -69,11 +68,11 @@ def plain_loop(base: Recipe, threads: int) -> float:
     tokenizer, model = build_model(resolve_base_model(None, base.storage), data.labels)
     label_ids = {label: i for i, label in enumerate(data.labels)}
     encoded = encode(tokenizer, data.train.texts, data.train.labels, label_ids, base.training.max_length)
-    loader = DataLoader(EncodedDataset(encoded), batch_size=base.training.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(1), collate_fn=lambda b: collate(b, tokenizer.pad_token_id))
+    batches = bucketed_batches(encoded, base.training.batch_size, base.training.seed)
+    steps = (batch_tensors(encoded, indices, tokenizer.pad_token_id) for indices in batches)
     optimizer = torch.optim.AdamW(model.parameters(), lr=base.training.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    _, rate = run_epoch(model, loader, optimizer, scheduler, 0, 1, rank=1)
+    _, rate = run_epoch(model, steps, len(batches), optimizer, scheduler, 0, 1, rank=1)
     return rate
 
 

@@ -17,6 +17,10 @@ from cluster.errors import BatonError
 logger = logging.getLogger(__name__)
 
 
+def deployment_name(agent: str, version: str) -> str:
+    return f"{agent}.{version}"
+
+
 def error_envelope(error: BatonError) -> dict:
     """Errors cross the handle as data: Ray's wrapped exceptions lose their attributes."""
     return {"__error__": {"type": type(error).__name__, "message": error.message}}

@@ -25,7 +25,7 @@ from cluster.errors import ConfigError, NotFound
 from cluster.registry import ModelRegistry
 from cluster.storage import ROOT_ENV, Storage
 from cluster.version import code_version
-from serve.agent import AgentVersion
+from serve.agent import AgentVersion, deployment_name
 from serve.ingress import Ingress
 from serve.proxy import CALLBACK_ENV
 
@@ -92,10 +92,6 @@ def pin_router_classifier(router: RouterSettings, registry: ModelRegistry) -> Ro
         logger.warning("router classifier %s not in the registry; routing on similarity alone", classifier.model)
         return router.model_copy(update={"classifier": None})
     return router.model_copy(update={"classifier": classifier.model_copy(update={"model": f"registry://{name}:{number}"})})
-
-
-def deployment_name(agent: str, version: str) -> str:
-    return f"{agent}.{version}"
 
 
 def _actor_options(resources: ResourceSettings) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from cluster.keys import KeyStore, Principal
 from cluster.registry import ModelRegistry
 from cluster.storage import Storage
 from serve import control
+from serve.agent import deployment_name
 from serve.http_errors import SERVE_UNAVAILABLE, error_response, from_serve_error, to_baton_error
 
 logger = logging.getLogger(__name__)
@@ -245,11 +246,15 @@ class Gateway:
 
     # -- operations -------------------------------------------------------------------
 
-    def agents_view(self) -> dict:
+    async def agents_view(self) -> dict:
+        statuses = await asyncio.to_thread(deployment_statuses)
         agents = []
         for agent in self.config.agents:
             weights = self.traffic.weights(agent.name)
-            versions = [{"version": v.version, "weight": weights[v.version], "status": "ready"} for v in agent.versions]
+            versions = [
+                {"version": v.version, "weight": weights[v.version], "status": statuses.get(deployment_name(agent.name, v.version), "unknown")}
+                for v in agent.versions
+            ]
             agents.append({"name": agent.name, "kind": agent.kind, "description": agent.description, "versions": versions})
         return {"agents": agents}
 
@@ -316,6 +321,17 @@ class Gateway:
         )
 
 
+SERVE_STATUS = {"HEALTHY": "ready", "UPSCALING": "ready", "DOWNSCALING": "ready", "UPDATING": "updating", "UNHEALTHY": "unhealthy", "DEPLOY_FAILED": "failed"}
+
+
+def deployment_statuses() -> dict[str, str]:
+    """Serve's view of every deployment in this application, in API words."""
+    application = serve.status().applications.get(serve.get_replica_context().app_name)
+    if application is None:
+        return {}
+    return {name: SERVE_STATUS.get(d.status.value, "unknown") for name, d in application.deployments.items()}
+
+
 def note(request: Request, **fields: Any) -> None:
     """Remember facts about this request for its audit record and monitor outcome."""
     for name, value in fields.items():
@@ -363,7 +379,7 @@ async def healthz() -> dict:
 
 @app.get("/v1/agents", summary="The agents, their kinds and version weights.")
 async def list_agents(_: Principal = Depends(require("invoke")), gate=Depends(ingress)) -> dict:
-    return gate.agents_view()
+    return await gate.agents_view()
 
 
 @app.post("/v1/route", summary="Route a request to the right agent and run it.")

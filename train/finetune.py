@@ -96,32 +96,50 @@ def collate(batch: list[tuple[list[int], int]], pad_id: int) -> dict:
     return {"input_ids": input_ids, "attention_mask": attention, "labels": torch.tensor([label for _, label in batch])}
 
 
-class EncodedDataset:
-    def __init__(self, encoded: Encoded):
-        self.encoded = encoded
+def bucketed_batches(encoded: Encoded, batch_size: int, seed: int, rank: int = 0, world: int = 1, chunk: int = 50) -> list[list[int]]:
+    """This worker's batches for one epoch: a seeded shuffle, then batches of similar length
+    within chunks of ``chunk`` batches, in shuffled order.
 
-    def __len__(self) -> int:
-        return len(self.encoded)
+    Short texts then are not padded to the longest text of a random batch, which halves the
+    work on short-sentence data. Every worker derives the same list from the seed and takes
+    every ``world``-th batch, cut to equal counts so data-parallel steps stay in lockstep.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(encoded))
+    lengths = np.asarray([len(ids) for ids in encoded.input_ids])
+    batches = []
+    span = batch_size * chunk
+    for start in range(0, len(order), span):
+        part = order[start : start + span]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i : i + batch_size].tolist() for i in range(0, len(part), batch_size)]
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
+    return batches[:usable][rank::world]
 
-    def __getitem__(self, index: int) -> tuple[list[int], int]:
-        return self.encoded.input_ids[index], int(self.encoded.labels[index])
+
+def batch_tensors(encoded: Encoded, indices: list[int], pad_id: int, device=None) -> dict:
+    batch = collate([(encoded.input_ids[i], int(encoded.labels[i])) for i in indices], pad_id)
+    return batch if device is None else {name: tensor.to(device) for name, tensor in batch.items()}
 
 
-def evaluate(model, encoded: Encoded, batch_size: int, pad_id: int, rank: int = 0, world: int = 1) -> tuple[np.ndarray, float]:
-    """(probabilities, summed loss) over this worker's shard ``rank::world`` of the examples."""
+def evaluate(model, encoded: Encoded, batch_size: int, pad_id: int, rank: int = 0, world: int = 1, device=None) -> tuple[np.ndarray, float]:
+    """(probabilities, summed loss) over this worker's shard ``rank::world`` of the examples;
+    the model's train/eval mode is left as it was."""
     import torch
 
     indices = list(range(rank, len(encoded), world))
     probabilities, loss_sum = [], 0.0
+    was_training = model.training
     model.eval()
     with torch.no_grad():
         for start in range(0, len(indices), batch_size):
-            batch = collate([(encoded.input_ids[i], int(encoded.labels[i])) for i in indices[start : start + batch_size]], pad_id)
+            batch = batch_tensors(encoded, indices[start : start + batch_size], pad_id, device)
             output = model(**batch)
             loss_sum += output.loss.item() * len(batch["labels"])
-            probabilities.append(torch.softmax(output.logits, dim=-1).numpy())
-    model.train()
-    width = model.config.num_labels if hasattr(model, "config") else model.module.config.num_labels
+            probabilities.append(torch.softmax(output.logits, dim=-1).cpu().numpy())
+    model.train(was_training)
+    width = unwrap(model).config.num_labels
     return (np.concatenate(probabilities) if probabilities else np.zeros((0, width))), loss_sum
 
 
@@ -133,8 +151,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import torch
     import torch.distributed as dist
-    from ray.train.torch import prepare_data_loader, prepare_model
-    from torch.utils.data import DataLoader
+    from ray.train.torch import get_device, prepare_model
     from transformers import get_linear_schedule_with_warmup
 
     recipe = Recipe.model_validate(config["recipe"])
@@ -149,15 +166,10 @@ def train_loop_per_worker(config: dict) -> None:
     pad_id = tokenizer.pad_token_id or 0
     train_set = encode(tokenizer, config["train_texts"], config["train_labels"], label_ids, training.max_length)
     validation = encode(tokenizer, config["val_texts"], config["val_labels"], label_ids, training.max_length)
-    generator = torch.Generator().manual_seed(training.seed)
-    loader = DataLoader(
-        EncodedDataset(train_set), batch_size=training.batch_size, shuffle=True, generator=generator,
-        collate_fn=lambda batch: collate(batch, pad_id),
-    )
-    loader = prepare_data_loader(loader, move_to_device=False)
+    device = get_device()
     model = prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay)
-    total_steps = len(loader) * training.epochs
+    total_steps = len(bucketed_batches(train_set, training.batch_size, training.seed, rank, world)) * training.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * training.warmup_ratio), total_steps)
     state = {"epoch": -1, "best": None, "stale_epochs": 0}
     checkpoint = ray.train.get_checkpoint()
@@ -171,10 +183,10 @@ def train_loop_per_worker(config: dict) -> None:
         log(rank, f"resumed from epoch {state['epoch'] + 1}")
     oos_index = label_ids.get(recipe.evaluation.oos_label) if recipe.evaluation.oos_label else None
     for epoch in range(state["epoch"] + 1, training.epochs):
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        train_loss, samples_per_s = run_epoch(model, loader, optimizer, scheduler, epoch, training.epochs, rank)
-        probabilities, loss_sum = evaluate(model, validation, training.eval_batch_size, pad_id, rank, world)
+        batches = bucketed_batches(train_set, training.batch_size, training.seed + epoch, rank, world)
+        steps = (batch_tensors(train_set, indices, pad_id, device) for indices in batches)
+        train_loss, samples_per_s = run_epoch(model, steps, len(batches), optimizer, scheduler, epoch, training.epochs, rank)
+        probabilities, loss_sum = evaluate(model, validation, training.eval_batch_size, pad_id, rank, world, device)
         shard_labels = validation.labels[rank::world]
         confusion = confusion_matrix(shard_labels, predictions(probabilities, oos_index, recipe.evaluation.oos_threshold), len(labels))
         confusion, loss_sum, train_loss = all_reduce(confusion, loss_sum, train_loss, world, dist)
@@ -201,11 +213,11 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def run_epoch(model, loader, optimizer, scheduler, epoch: int, epochs: int, rank: int) -> tuple[float, float]:
-    """One pass; rank 0 prints a progress bar line every ~10% of the epoch."""
-    started, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, len(loader)
+def run_epoch(model, batches, steps: int, optimizer, scheduler, epoch: int, epochs: int, rank: int) -> tuple[float, float]:
+    """One pass over ``steps`` batches; rank 0 prints a progress bar line every ~10% of the epoch."""
+    started, seen, loss_sum = time.perf_counter(), 0, 0.0
     next_mark = 0.1
-    for step, batch in enumerate(loader, 1):
+    for step, batch in enumerate(batches, 1):
         output = model(**batch)
         output.loss.backward()
         optimizer.step()

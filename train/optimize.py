@@ -13,7 +13,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from cluster.errors import BatonError, ConfigError
 from cluster.registry import REF_SCHEME, Manifest, ModelRegistry
 from cluster.storage import Storage
 from train.data import DataError, Examples, PreparedData, load_dataset
-from train.finetune import EncodedDataset, collate, encode, evaluate, seed_everything
+from train.finetune import batch_tensors, bucketed_batches, encode, evaluate, seed_everything
 from train.metrics import classification_metrics, confusion_matrix, predictions
 from train.recipe import Recipe, TrainingSettings, load_recipe
 
@@ -101,22 +100,19 @@ def _train_student(
 ) -> float:
     """Plain CPU loop with finetune's optimiser and schedule; returns the last epoch's mean loss."""
     import torch
-    from torch.utils.data import DataLoader
     from transformers import get_linear_schedule_with_warmup
 
     encoded = encode(tokenizer, train.texts, train.labels, {label: i for i, label in enumerate(labels)}, training.max_length)
-    loader = DataLoader(
-        EncodedDataset(encoded), batch_size=training.batch_size, shuffle=True,
-        generator=torch.Generator().manual_seed(training.seed), collate_fn=partial(collate, pad_id=tokenizer.pad_token_id or 0),
-    )
+    pad_id = tokenizer.pad_token_id or 0
     optimizer = torch.optim.AdamW(student.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay)
-    total_steps = len(loader) * epochs
+    total_steps = len(bucketed_batches(encoded, training.batch_size, training.seed)) * epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * training.warmup_ratio), total_steps)
     teacher.eval()
     student.train()
     for epoch in range(epochs):
         loss_sum = 0.0
-        for batch in loader:
+        for indices in bucketed_batches(encoded, training.batch_size, training.seed + epoch):
+            batch = batch_tensors(encoded, indices, pad_id)
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             with torch.no_grad():
                 teacher_logits = teacher(**inputs).logits
