@@ -424,6 +424,23 @@ class Bench:
             refresh_per_second=4,
         )
 
+    def quiesce(self, threshold_cores: float = 0.35, max_s: float = 20.0) -> None:
+        """Wait until this run's processes are nearly idle (a lazy model load, an audit flush
+        or a replica start from the previous step would otherwise land in the next cell).
+        """
+        started = time.monotonic()
+        previous = self.meter.snapshot()
+        if previous is None:
+            return
+        while time.monotonic() - started < max_s:
+            time.sleep(0.5)
+            current = self.meter.snapshot()
+            used = sum(max(t - previous.per_pid.get(pid, t), 0.0) for pid, t in current.per_pid.items())
+            if used / (current.at - previous.at) < threshold_cores:
+                return
+            previous = current
+        self.notes.append(f"this run's processes were still busy after {max_s:.0f} s of waiting before a cell")
+
     def measured(self, cell: Cell, before: CpuSnapshot | None) -> Cell:
         cell.cpu_s, cell.other_cores = self.meter.usage(before, self.meter.snapshot())
         self.cells.append(cell)
@@ -440,6 +457,7 @@ class Bench:
             for concurrency in CONCURRENCIES:
                 task = progress.add_task(f"{PATHS['a']} c={concurrency}", total=self.args.warmup + self.args.requests)
                 advance = lambda: progress.advance(task)  # noqa: E731
+                self.quiesce()
                 run_threads(once, concurrency, self.args.warmup, advance)
                 before = self.meter.snapshot()
                 latencies, wall = run_threads(once, concurrency, self.args.requests, advance)
@@ -477,10 +495,16 @@ class Bench:
                 raise SystemExit(f"baton did not route the benchmark text to {AGENT!r}: {status} {payload}")
 
             with self.progress() as progress:
+                # Warm baton's whole path first, off the clock: the audit actor loads spaCy
+                # on its first record, which would otherwise land in the (b) cells.
+                task = progress.add_task("baton warm-up (audit, monitor, handles)", total=self.args.warmup)
+                await run_async(route, 1, self.args.warmup, lambda: progress.advance(task))
+                await asyncio.sleep(2 * self.config.reporter.interval_s)
                 for path, call in (("b", noop), ("c", route)):
                     for concurrency in CONCURRENCIES:
                         task = progress.add_task(f"{PATHS[path]} c={concurrency}", total=self.args.warmup + self.args.requests)
                         advance = lambda: progress.advance(task)  # noqa: E731
+                        await asyncio.to_thread(self.quiesce)
                         await run_async(call, concurrency, self.args.warmup, advance)
                         if path == "c" and concurrency > 1 and self.args.settle:
                             await self.settle(call, concurrency, progress)
@@ -512,6 +536,7 @@ class Bench:
             call = post("/v1/route", body, with_key=True)
             n = self.args.stages
             task = progress.add_task(f"    stage: {name.split(', ')[1][:28]}", total=n + n // 10)
+            await asyncio.to_thread(self.quiesce)
             await run_async(call, 1, n // 10, lambda: progress.advance(task))
             latencies, _, results = await run_async(call, 1, n, lambda: progress.advance(task))
             server = [p["latency_ms"] for s, p in results if s == 200 and "latency_ms" in p]
@@ -581,6 +606,7 @@ class Bench:
             "DeploymentHandle call to the no-op (from this process)": lambda: noop.remote(None).result(),
         }
         for name, fn in stages.items():
+            self.quiesce()
             run_threads(fn, 1, max(5, n // 10), lambda: None)
             latencies, _ = run_threads(fn, 1, n, lambda: None)
             self.stages.append(Stage(name, float(np.median(latencies)) * 1000))
@@ -640,14 +666,25 @@ def stage_rows(bench: Bench) -> list[list[str]]:
 
 
 def breakdown(bench: Bench) -> list[str]:
-    """Differences between the measured variants: how (c)'s p50 at concurrency 1 splits up."""
+    """How (c)'s p50 at concurrency 1 splits up (differences between the measured variants),
+    and the throughput ceiling that its CPU cost per request sets.
+    """
     by_name = {s.name.split(" (")[0]: s for s in bench.stages}
     dry = by_name.get("POST /v1/route, agent named + dry_run")
     named = by_name.get("POST /v1/route, agent named")
-    b1, c1 = cell_of(bench.cells, "b", 1), cell_of(bench.cells, "c", 1)
+    b1, c1, c16 = cell_of(bench.cells, "b", 1), cell_of(bench.cells, "c", 1), cell_of(bench.cells, "c", HIGH)
+    lines = []
+    if c1.cpu_s:
+        busy = c1.throughput * c1.cpu_ms_per_request() / 1000
+        lines.append(
+            f"CPU bound: (c) costs {c1.cpu_ms_per_request():.1f} ms of CPU per request at concurrency 1 and "
+            f"{c16.cpu_ms_per_request():.1f} ms at {HIGH} (batching lowers it only if the second number is smaller); "
+            f"at concurrency 1 the run already keeps {busy:.2f} of {nproc()} cores busy, so at that cost "
+            f"concurrency can raise throughput by at most {nproc() / busy:.2f}x on this machine"
+        )
     if dry is None or named is None:
-        return []
-    lines = [
+        return lines
+    lines += [
         f"Serve HTTP hop, no-op (b): {b1.p(50):.2f} ms",
         f"baton's front door without routing or agent (dry_run − (b)): {dry.p50_ms - b1.p(50):.2f} ms "
         "(FastAPI, middleware, auth, validation, the ingress replica's Serve overhead, a larger response)",
@@ -667,8 +704,11 @@ def render_table(title: str, columns: list[str] | tuple[str, ...], rows: list[li
     return table
 
 
-def markdown_table(columns, rows) -> list[str]:
-    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(columns) - 1)) + " |"]
+def markdown_table(columns, rows, right: tuple[int, ...] | None = None) -> list[str]:
+    """A Markdown table; columns in ``right`` (default: all but the first) are right-aligned."""
+    right = tuple(range(1, len(columns))) if right is None else right
+    rule = ["---:" if index in right else "---" for index in range(len(columns))]
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join(rule) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
 
@@ -700,7 +740,8 @@ def markdown_section(bench: Bench, meta: dict[str, str]) -> str:
         f"- Versions: ray {meta['ray']}, Python {meta['python']}, torch {meta['torch']}, "
         f"sentence-transformers {meta['st']}, fastapi {meta['fastapi']}, aiohttp {meta['aiohttp']}",
         f"- Cluster: `ray.init(num_cpus=2)`, `serve.start` on 127.0.0.1; orchestra: {meta['orchestra']}",
-        f"- Each cell: {meta['warmup']} warm-up requests, then {meta['requests']} measured; req/s = measured "
+        f"- Each cell: a wait until this run's processes are idle, {meta['warmup']} warm-up requests, then "
+        f"{meta['requests']} measured; baton's whole path is warmed before (b). req/s = measured "
         "requests / wall time of the cell. CPU ms/req = CPU time of all processes of this run (client, "
         "Ray, Serve, baton's actors) / requests; other load = cores the rest of the machine kept busy "
         "during the cell (from /proc; the machine is shared).",
@@ -713,6 +754,7 @@ def markdown_section(bench: Bench, meta: dict[str, str]) -> str:
                 ["overhead = (p50(c) − p50(a)) / p50(b), concurrency 1", fmt(overhead), f"≤ {OVERHEAD_TARGET}", verdict(overhead <= OVERHEAD_TARGET)],
                 [f"throughput of (c) at concurrency {HIGH} / at concurrency 1", fmt(scaling), f"≥ {SCALING_TARGET}", verdict(scaling >= SCALING_TARGET)],
             ],
+            right=(1,),
         ),
         "",
         f"(c) − (a) at concurrency 1 is {c1.p(50) - a1.p(50):.2f} ms of serving around the same work, "
@@ -772,8 +814,8 @@ def write_section(section: str, doc: Path = DOC) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.request_path", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=300, help="measured requests per cell (default 300)")
-    parser.add_argument("--warmup", type=int, default=30, help="warm-up requests per cell, not measured (default 30)")
+    parser.add_argument("--requests", type=int, default=250, help="measured requests per cell (default 250)")
+    parser.add_argument("--warmup", type=int, default=25, help="warm-up requests per cell, not measured (default 25)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="orchestra file (default configs/orchestra.yaml)")
     parser.add_argument(
         "--drop", action="append", default=[], metavar="AGENT",
@@ -784,7 +826,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"measure (c) at c={HIGH} without first letting the ingress autoscaler reach max_replicas",
     )
     parser.add_argument("--settle-max", type=float, default=75.0, help="most seconds of settling load (default 75)")
-    parser.add_argument("--stages", type=int, default=150, help="calls per stage in the breakdown; 0 skips it (default 150)")
+    parser.add_argument("--stages", type=int, default=100, help="calls per stage in the breakdown; 0 skips it (default 100)")
     parser.add_argument("--no-doc", action="store_true", help="print only; do not rewrite docs/benchmarks.md")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.warmup < 0 or args.stages < 0:

@@ -21,7 +21,7 @@ from cluster.errors import ConfigError
 from cluster.registry import DatasetInfo
 from train.data import DataError, DataSpec, load_dataset
 
-DATASETS = Path("/work/shared/datasets")
+DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 # 20 "pos" and 10 "neg", interleaved; texts carry CSV/TSV hazards (commas, quotes).
 ROWS = [(f'"quoted" review {n}, it\'s', "neg" if n % 3 == 0 else "pos") for n in range(30)]
 
