@@ -102,18 +102,10 @@ def _healthy(url: str) -> bool:
 
 def deploy(config_path: Path) -> dict:
     """Deploy (or redeploy) the orchestra on the running cluster, as `serve deploy` would."""
-    import ray
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     from serve.builder import serve_config
-    from serve.control import reset_traffic_if_stale
 
-    config = _load(config_path)
-    ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
-    try:
-        reset_traffic_if_stale(config, resolve_storage_uri(config, Path.cwd()))
-    finally:
-        ray.shutdown()
     deployed = serve_config(config_path, Path.cwd())
     ServeSubmissionClient(local.DASHBOARD_URL).deploy_applications(deployed)
     return deployed

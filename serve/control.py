@@ -105,14 +105,27 @@ class TrafficActor:
                 self.table.load(saved["snapshot"])
 
     def snapshot(self) -> dict:
-        return self.table.snapshot()
+        return {"fingerprint": self.fingerprint, **self.table.snapshot()}
+
+    def adopt(self, agents: dict, fingerprint: str) -> dict:
+        """A deploy with other versions or weights starts from its config; the generation
+        keeps growing so replicas of that deploy pick the new table up."""
+        if fingerprint != self.fingerprint:
+            generation = self.table.generation
+            self.table = TrafficTable(agents)
+            self.table.generation = generation + 1
+            self.fingerprint = fingerprint
+            self._save()
+        return self.snapshot()
 
     def set_weights(self, agent: str, weights: dict, sticky: bool | None) -> dict:
         """Returns {"before", "after", "snapshot"}; raises BatonError subclasses on bad input."""
         before, after = self.table.set_weights(agent, weights, sticky)
-        snapshot = self.table.snapshot()
-        self.storage.write_json_atomic(self.path, {"fingerprint": self.fingerprint, "snapshot": snapshot})
-        return {"before": before, "after": after, "snapshot": snapshot}
+        self._save()
+        return {"before": before, "after": after, "snapshot": self.snapshot()}
+
+    def _save(self) -> None:
+        self.storage.write_json_atomic(self.path, {"fingerprint": self.fingerprint, "snapshot": self.table.snapshot()})
 
 
 def _named(cls: type, name: str, *args: Any, num_cpus: float = 0.05) -> ray.actor.ActorHandle:
@@ -138,16 +151,6 @@ def control_actors(config: OrchestraConfig, storage_uri: str) -> dict[str, ray.a
         AUDIT: _named(AuditActor, AUDIT, storage_uri, config.audit.model_dump()),
         TRAFFIC: _named(TrafficActor, TRAFFIC, storage_uri, initial_traffic(config), traffic_fingerprint(config)),
     }
-
-
-def reset_traffic_if_stale(config: OrchestraConfig, storage_uri: str) -> None:
-    """A deploy with a different set of versions or weights replaces the traffic actor."""
-    try:
-        actor = ray.get_actor(TRAFFIC, namespace=NAMESPACE)
-    except ValueError:
-        return
-    if ray.get(actor.__ray_call__.remote(lambda self: self.fingerprint)) != traffic_fingerprint(config):
-        ray.kill(actor, no_restart=True)
 
 
 def flush_audit() -> int:

@@ -133,7 +133,10 @@ class Gateway:
         self._score_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         self.actors = control.control_actors(self.config, storage_uri)
         self.traffic = TrafficTable(control.initial_traffic(self.config))
-        self.traffic.load(ray.get(self.actors[control.TRAFFIC].snapshot.remote()))
+        self.traffic_fingerprint = control.traffic_fingerprint(self.config)
+        self._adopt_traffic(
+            ray.get(self.actors[control.TRAFFIC].adopt.remote(control.initial_traffic(self.config), self.traffic_fingerprint))
+        )
         reporting = self.config.reporter
         kwargs = dict(max_batch=reporting.max_batch, interval_s=reporting.interval_s, max_buffer=reporting.max_buffer)
         self.monitor_reporter = BufferedReporter(self.actors[control.MONITOR].record.remote, name="monitor", **kwargs)
@@ -156,9 +159,14 @@ class Gateway:
         while True:
             await asyncio.sleep(1.0)
             try:
-                self.traffic.load(await self.actors[control.TRAFFIC].snapshot.remote())
+                self._adopt_traffic(await self.actors[control.TRAFFIC].snapshot.remote())
             except Exception:  # the actor restarts by itself; keep the last known weights
                 logger.warning("traffic table unreachable; keeping generation %s", self.traffic.generation)
+
+    def _adopt_traffic(self, snapshot: dict) -> None:
+        """Only a table for this deploy's versions: during a rollout the old replicas keep theirs."""
+        if snapshot["fingerprint"] == self.traffic_fingerprint:
+            self.traffic.load(snapshot)
 
     def check_health(self) -> None:
         if self.monitor_reporter.dropped or self.audit_reporter.dropped:
@@ -260,7 +268,7 @@ class Gateway:
 
     async def set_traffic(self, request: Request, name: str, body: TrafficBody) -> dict:
         change = await self.actors[control.TRAFFIC].set_weights.remote(name, body.weights, body.sticky)
-        self.traffic.load(change["snapshot"])
+        self._adopt_traffic(change["snapshot"])
         note(request, agent=name, endpoint="admin.traffic.set", output={"before": change["before"], "after": change["after"]})
         return {"agent": name, **change["after"]}
 

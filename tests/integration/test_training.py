@@ -83,7 +83,8 @@ def test_fine_tune_entry_point_runs_as_a_ray_job(ray_session, storage_uri, tmp_p
     recipe.write_text(yaml.safe_dump(tiny_recipe(storage_uri, name="tiny-job", training={"epochs": 1, "batch_size": 8, "max_length": 16})))
     before = len(ModelRegistry(Storage(storage_uri)).list_models())
     client = JobSubmissionClient(ray_session.dashboard_url)
-    job = client.submit_job(
+    job = submit_when_ready(
+        client,
         entrypoint=f"python -m train.finetune --config {recipe}",
         runtime_env={"working_dir": str(REPO), "excludes": [".venv", ".git", ".baton", "__pycache__"]},
     )
@@ -94,6 +95,18 @@ def test_fine_tune_entry_point_runs_as_a_ray_job(ray_session, storage_uri, tmp_p
     assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)[-3000:]
     assert "registered tiny-job:v1" in client.get_job_logs(job)
     assert len(ModelRegistry(Storage(storage_uri)).list_models()) == before + 1
+
+
+def submit_when_ready(client, timeout_s: float = 120, **job) -> str:
+    """The dashboard's job agent comes up a little after Ray itself; retry until it answers."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as error:
+            if "No available agent" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(3)
 
 
 def test_broken_recipe_fails_before_training_naming_the_field(storage_uri, tmp_path):
@@ -130,7 +143,9 @@ def test_promoted_model_serves_through_route(trained, client, test_config, stora
     ]
     config = test_config.model_validate({**test_config.model_dump(), "agents": agents})
     serve.run(build_application(config, storage_uri), name=APP_NAME, route_prefix="/")
-    body = client.post("/v1/route", json={"text": "a wonderful , moving film", "agent": "tiny"}).json()
+    response = client.post("/v1/route", json={"text": "a wonderful , moving film", "agent": "tiny"})
+    assert response.status_code == 200, response.text
+    body = response.json()
     assert body["agent"] == "tiny" and body["version"] == "v1"
     assert body["result"]["label"] in {"POSITIVE", "NEGATIVE"}
     assert set(body["result"]["scores"]) == {"POSITIVE", "NEGATIVE", "NEUTRAL", "MIXED"}

@@ -49,7 +49,8 @@ def main() -> int:
     os.environ.update(cluster_env())
     os.environ.pop("RAY_ADDRESS", None)
     storage_uri = tempfile.mkdtemp(prefix="baton-two-nodes-")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 128 * 1024**2})
+    head = {"num_cpus": 1, "object_store_memory": 128 * 1024**2, "dashboard_port": free_port()}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     cluster.add_node(num_cpus=1, object_store_memory=128 * 1024**2)
     ray.init(address=cluster.address, log_to_driver=False)
     try:

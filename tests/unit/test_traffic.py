@@ -70,3 +70,19 @@ def test_change_returns_before_after_and_replicas_follow_newer_snapshots():
     stale = table().snapshot()
     follower.load(stale)
     assert follower.weights("sentiment") == {"v1": 50, "v2": 50}
+
+
+def test_shared_table_adopts_a_new_deploy_and_persists(tmp_path):
+    from serve.control import TrafficActor
+
+    agents = {"sentiment": {"weights": {"v1": 90, "v2": 10}, "sticky": True}}
+    actor = TrafficActor(str(tmp_path), agents, "deploy-a")
+    actor.set_weights("sentiment", {"v1": 50, "v2": 50}, None)
+    assert actor.adopt(agents, "deploy-a")["agents"]["sentiment"]["weights"] == {"v1": 50, "v2": 50}
+    restarted = TrafficActor(str(tmp_path), agents, "deploy-a")
+    assert restarted.snapshot()["agents"]["sentiment"]["weights"] == {"v1": 50, "v2": 50}
+    new = {**agents, "tiny": {"weights": {"v1": 100}, "sticky": False}}
+    snapshot = restarted.adopt(new, "deploy-b")
+    assert snapshot["fingerprint"] == "deploy-b" and set(snapshot["agents"]) == {"sentiment", "tiny"}
+    assert snapshot["agents"]["sentiment"]["weights"] == {"v1": 90, "v2": 10}
+    assert snapshot["generation"] > 1
