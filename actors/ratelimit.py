@@ -15,17 +15,19 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def acquire(self, key: str) -> float:
-        """Take one token; returns 0.0 when allowed, else the seconds until one is free."""
+    def acquire(self, key: str, rate_per_s: float | None = None, burst: int | None = None) -> float:
+        """Take one token; returns 0.0 when allowed, else the seconds until one is free.
+        ``rate_per_s``/``burst`` override the defaults for keys with their own limit."""
+        rate, capacity = rate_per_s or self.rate, burst or self.burst
         now = self._clock()
         with self._lock:
-            tokens, last = self._buckets.get(key, (float(self.burst), now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            tokens, last = self._buckets.get(key, (float(capacity), now))
+            tokens = min(capacity, tokens + (now - last) * rate)
             if tokens >= 1:
                 self._store(key, tokens - 1, now)
                 return 0.0
             self._store(key, tokens, now)
-            return (1 - tokens) / self.rate
+            return (1 - tokens) / rate
 
     def _store(self, key: str, tokens: float, now: float) -> None:
         if key not in self._buckets and len(self._buckets) >= self.max_keys:

@@ -24,6 +24,8 @@ class Principal:
     key_id: str
     name: str
     role: str
+    rate_per_s: float | None = None
+    burst: int | None = None
 
     def allows(self, role: str) -> bool:
         return ROLE_RANK[self.role] >= ROLE_RANK[role]
@@ -49,17 +51,21 @@ class KeyStore:
     def _dir(self) -> str:
         return self.storage.path("auth", "keys")
 
-    def create(self, role: str, name: str, key: str | None = None) -> tuple[str, Principal]:
-        """Store a new key (random unless given) and return it with its principal."""
+    def create(
+        self, role: str, name: str, key: str | None = None, rate_per_s: float | None = None, burst: int | None = None
+    ) -> tuple[str, Principal]:
+        """Store a new key (random unless given), optionally with its own rate limit."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {list(ROLES)}, got {role!r}")
         key = key or f"bk_{secrets.token_urlsafe(32)}"
-        principal = Principal(key_id=f"key_{secrets.token_hex(8)}", name=name, role=role)
+        principal = Principal(f"key_{secrets.token_hex(8)}", name, role, rate_per_s, burst)
         record = {
             "id": principal.key_id,
             "name": name,
             "role": role,
             "sha256": hash_key(key),
+            "rate_per_s": rate_per_s,
+            "burst": burst,
             "created_at": datetime.now(timezone.utc).isoformat(),
         }
         self.storage.write_json_atomic(self.storage.path("auth", "keys", f"{principal.key_id}.json"), record)
@@ -89,7 +95,9 @@ class KeyStore:
         for path in paths:
             record = self.storage.read_json(path)
             validate_segment(record["id"], "key id")
-            loaded[record["sha256"]] = Principal(record["id"], record["name"], record["role"])
+            loaded[record["sha256"]] = Principal(
+                record["id"], record["name"], record["role"], record.get("rate_per_s"), record.get("burst")
+            )
         with self._lock:
             self._by_hash = loaded
             self._loaded_at = self._clock()

@@ -72,9 +72,15 @@ class TrafficBody(Body):
     sticky: StrictBool | None = Field(None, description="Pin session/user keys to one version; unchanged if omitted.")
 
 
+class KeyRateLimit(Body):
+    requests_per_s: float = Field(..., gt=0, le=100_000, description="Sustained requests per second for this key.")
+    burst: int = Field(..., ge=1, le=100_000, description="Requests this key may make at once.")
+
+
 class KeyBody(Body):
     role: Literal["invoke", "admin"] = Field(..., description="What the key may do.")
     name: StrictStr = Field(..., min_length=1, max_length=64, description="Who or what the key is for.")
+    rate_limit: KeyRateLimit | None = Field(None, description="This key's own rate limit; default: auth.rate_limit.")
 
 
 app = FastAPI(
@@ -187,7 +193,7 @@ class Gateway:
         request.state.principal = principal.key_id
         if not principal.allows(role):
             raise Forbidden(f"this key has role {principal.role!r}; the endpoint needs {role!r}")
-        wait_s = self.limiter.acquire(principal.key_id)
+        wait_s = self.limiter.acquire(principal.key_id, principal.rate_per_s, principal.burst)
         if wait_s > 0:
             raise RateLimited("rate limit exceeded for this key", retry_after_s=wait_s)
         return principal
@@ -273,7 +279,10 @@ class Gateway:
         return {"agent": name, **change["after"]}
 
     def create_key(self, request: Request, body: KeyBody) -> dict:
-        key, principal = self.keys.create(body.role, body.name)
+        limit = body.rate_limit
+        key, principal = self.keys.create(
+            body.role, body.name, rate_per_s=limit.requests_per_s if limit else None, burst=limit.burst if limit else None
+        )
         after = {"id": principal.key_id, "name": principal.name, "role": principal.role}
         note(request, endpoint="admin.keys.create", output={"before": None, "after": after})
         return {"key": key, "id": principal.key_id, "role": principal.role, "name": principal.name}

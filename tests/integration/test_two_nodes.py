@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests.integration.conftest import REPO
+from tests.integration.two_node_cluster import REPORT_PREFIX
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +21,9 @@ def test_specialist_replicas_spread_over_two_nodes():
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads(run.stdout.strip().splitlines()[-1])
+    # Ray prints its own lines on shutdown, so the report line is found by its prefix.
+    line = next(line for line in run.stdout.splitlines() if line.startswith(REPORT_PREFIX))
+    report = json.loads(line[len(REPORT_PREFIX) :])
     assert len(report["nodes"]) == 2
     assert len(report["replica_nodes"]) == 2
     assert set(report["replica_nodes"]) == set(report["nodes"]), report

@@ -22,6 +22,7 @@ from cluster.storage import Storage
 from serve.builder import APP_NAME, build_application, cluster_env
 from tests.integration.conftest import free_port
 
+REPORT_PREFIX = "TWO-NODE-REPORT "
 ORCHESTRA = {
     "router": {"calibration": {"midpoint": 0.3, "temperature": 0.05}},
     "ingress": {"autoscaling": {"min_replicas": 1, "max_replicas": 1}, "resources": {"num_cpus": 0.1}},
@@ -69,14 +70,15 @@ def main() -> int:
             a for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name.endswith("sentiment.v1")
         ]
         print(
-            json.dumps(
+            REPORT_PREFIX + json.dumps(
                 {
                     "nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]),
                     "replica_nodes": sorted(a.node_id for a in replicas),
                     "status": response.status_code,
                     "body": response.json(),
                 }
-            )
+            ),
+            flush=True,
         )
     finally:
         serve.shutdown()

@@ -58,3 +58,15 @@ def test_rate_limiter_allows_burst_then_rate():
     assert limiter.acquire("other") == 0.0
     clock.now = 0.5
     assert limiter.acquire("k") == 0.0
+
+
+def test_a_key_can_carry_its_own_limit(tmp_path):
+    clock = FakeClock()
+    store = KeyStore(Storage(str(tmp_path)))
+    key, principal = store.create("invoke", "slow", rate_per_s=0.5, burst=1)
+    reloaded = KeyStore(Storage(str(tmp_path)))
+    reloaded.reload()
+    assert reloaded.verify(key) == principal
+    limiter = RateLimiter(rate_per_s=100, burst=100, clock=clock)
+    assert limiter.acquire(principal.key_id, principal.rate_per_s, principal.burst) == 0.0
+    assert limiter.acquire(principal.key_id, principal.rate_per_s, principal.burst) == pytest.approx(2.0)
