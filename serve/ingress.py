@@ -148,6 +148,7 @@ class Gateway:
         self.monitor_reporter = BufferedReporter(self.actors[control.MONITOR].record.remote, name="monitor", **kwargs)
         self.audit_reporter = BufferedReporter(self.actors[control.AUDIT].write.remote, name="audit", **kwargs)
         self._background: list[asyncio.Task] = []
+        self._statuses: tuple[float, dict[str, str]] = (float("-inf"), {})
         _gateway[:] = [self]
 
     # -- life cycle -------------------------------------------------------------------
@@ -261,7 +262,10 @@ class Gateway:
     # -- operations -------------------------------------------------------------------
 
     async def agents_view(self) -> dict:
-        statuses = await asyncio.to_thread(deployment_statuses)
+        # Serve's status is a controller round trip: refresh it at most every 2 s.
+        if time.monotonic() - self._statuses[0] > 2.0:
+            self._statuses = (time.monotonic(), await asyncio.to_thread(deployment_statuses))
+        statuses = self._statuses[1]
         agents = []
         for agent in self.config.agents:
             weights = self.traffic.weights(agent.name)
