@@ -480,11 +480,14 @@ class Bench:
                 sent_headers = auth if with_key else headers
 
                 async def call() -> tuple[int, Any]:
-                    async with session.post(path, data=data, headers=sent_headers) as response:
-                        payload = await response.read()
-                        if not with_key:
-                            return response.status, None
-                        return response.status, json.loads(payload) if response.status == 200 else payload[:300]
+                    try:
+                        async with session.post(path, data=data, headers=sent_headers) as response:
+                            payload = await response.read()
+                            if not with_key:
+                                return response.status, None
+                            return response.status, json.loads(payload) if response.status == 200 else payload[:300]
+                    except (aiohttp.ClientError, asyncio.TimeoutError) as error:  # counted as an error
+                        return 0, repr(error)
 
                 return call
 
@@ -814,8 +817,8 @@ def write_section(section: str, doc: Path = DOC) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.request_path", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=250, help="measured requests per cell (default 250)")
-    parser.add_argument("--warmup", type=int, default=25, help="warm-up requests per cell, not measured (default 25)")
+    parser.add_argument("--requests", type=int, default=200, help="measured requests per cell (default 200)")
+    parser.add_argument("--warmup", type=int, default=20, help="warm-up requests per cell, not measured (default 20)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="orchestra file (default configs/orchestra.yaml)")
     parser.add_argument(
         "--drop", action="append", default=[], metavar="AGENT",
@@ -825,8 +828,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-settle", dest="settle", action="store_false",
         help=f"measure (c) at c={HIGH} without first letting the ingress autoscaler reach max_replicas",
     )
-    parser.add_argument("--settle-max", type=float, default=75.0, help="most seconds of settling load (default 75)")
-    parser.add_argument("--stages", type=int, default=100, help="calls per stage in the breakdown; 0 skips it (default 100)")
+    parser.add_argument("--settle-max", type=float, default=60.0, help="most seconds of settling load (default 60)")
+    parser.add_argument("--stages", type=int, default=80, help="calls per stage in the breakdown; 0 skips it (default 80)")
     parser.add_argument("--no-doc", action="store_true", help="print only; do not rewrite docs/benchmarks.md")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.warmup < 0 or args.stages < 0:
