@@ -109,8 +109,13 @@ async def _handle_error(request: Request, error: Exception) -> JSONResponse:
 _gateway: list[Gateway] = []
 
 
-def ingress() -> Gateway:
+def current_gateway() -> Gateway:
     return _gateway[0]
+
+
+async def ingress() -> Gateway:
+    """The route dependency; async so FastAPI does not hop to a thread pool for it."""
+    return current_gateway()
 
 
 def require(role: str):
@@ -364,7 +369,7 @@ def note(request: Request, **fields: Any) -> None:
 
 @app.middleware("http")
 async def _request_envelope(request: Request, call_next) -> Response:
-    gate = ingress()
+    gate = current_gateway()
     gate._ensure_background()
     started, wall_start = time.perf_counter(), time.time()
     incoming = request.headers.get("x-request-id", "")
