@@ -23,6 +23,9 @@ app = typer.Typer(
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Ray enables token auth on a head once ~/.ray/auth_token exists, but its clients only send
+    # the token in token mode: say token mode everywhere so the head and the CLI agree.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     for entry in sorted(entry_points(group="baton.cli"), key=lambda e: e.name):
         entry.load()(app)
     try:

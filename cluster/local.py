@@ -18,7 +18,8 @@ def ray_cli() -> str:
 
 def dashboard_up(url: str = DASHBOARD_URL) -> bool:
     try:
-        return httpx.get(f"{url}/api/version", timeout=2).status_code == 200
+        # 401 counts: a head with token auth answers, it just wants the token.
+        return httpx.get(f"{url}/api/version", timeout=2).status_code in (200, 401)
     except httpx.HTTPError:
         return False
 

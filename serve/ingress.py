@@ -376,6 +376,7 @@ async def _request_envelope(request: Request, call_next) -> Response:
     request.state.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
     try:
         check_body_size(request, gate.config.limits.max_body_bytes)
+        treat_body_as_json(request)
         response = await call_next(request)
     except Exception as error:  # includes errors raised while the body streams in
         baton_error = to_baton_error(error)
@@ -387,6 +388,15 @@ async def _request_envelope(request: Request, call_next) -> Response:
     if not request.url.path.startswith(UNAUDITED):
         gate.report(request, response.status_code, started, wall_start)
     return response
+
+
+def treat_body_as_json(request: Request) -> None:
+    """Every body here is JSON: a client that forgot the header (curl -d sends a form type)
+    is read as JSON rather than told its body is not an object."""
+    content_type = request.headers.get("content-type", "")
+    if request.method in ("POST", "PUT") and "json" not in content_type and not content_type.startswith("multipart/"):
+        headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+        request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
 
 
 def check_body_size(request: Request, limit: int) -> None:
