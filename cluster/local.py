@@ -31,7 +31,10 @@ def start_head(env: dict[str, str], num_cpus: int | None = None) -> None:
         command.append(f"--num-cpus={num_cpus}")
     # Jobs run `python -m ...`: put this environment's interpreter first on the head's PATH.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    subprocess.run(command, env={**os.environ, **env, "PATH": path}, check=True, stdout=subprocess.DEVNULL)
+    full_env = {**os.environ, **env, "PATH": path}
+    # Token auth (RAY_AUTH_MODE=token) needs ~/.ray/auth_token; make one on first use.
+    subprocess.run([ray_cli(), "get-auth-token", "--generate"], env=full_env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, env=full_env, check=True, stdout=subprocess.DEVNULL)
 
 
 def stop_head() -> None:
