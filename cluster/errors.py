@@ -18,6 +18,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class BatonError(Exception):
     """Base of every error baton raises on purpose."""
@@ -83,3 +86,13 @@ class ConfigError(BatonError):
     """An invalid config file or recipe; the message names the field path and value."""
 
     status, code = 500, "internal"
+
+
+def exit_code(action: Callable[[], object]) -> int:
+    """Run an entry point's work: 0 on success; a BatonError prints 'error: ...' and gives 2."""
+    try:
+        action()
+    except BatonError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2
+    return 0

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cluster.errors import BatonError
+from cluster.errors import BatonError, exit_code
 from cluster.registry import Manifest, ModelRegistry
 from cluster.storage import Storage
 from train.data import PreparedData, load_dataset
@@ -387,14 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="start a new run instead of resuming the last one")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        recipe = load_recipe(args.config)
-        storage_uri = args.storage or os.environ.get("BATON_STORAGE")
-        finetune(recipe, storage_uri=storage_uri, fresh=args.fresh)
-    except BatonError as error:
-        print(f"error: {error.message}", file=sys.stderr)
-        return 2
-    return 0
+    storage_uri = args.storage or os.environ.get("BATON_STORAGE")
+    return exit_code(lambda: finetune(load_recipe(args.config), storage_uri=storage_uri, fresh=args.fresh))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from cluster.errors import BatonError, ConfigError
+from cluster.errors import BatonError, ConfigError, exit_code
 from cluster.registry import Manifest
 from cluster.storage import Storage
 from train.data import load_dataset
@@ -124,12 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", help="storage URI overriding the recipe's")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        search(load_recipe(args.config), storage_uri=args.storage or os.environ.get("BATON_STORAGE"))
-    except BatonError as error:
-        print(f"error: {error.message}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: search(load_recipe(args.config), storage_uri=args.storage or os.environ.get("BATON_STORAGE")))
 
 
 if __name__ == "__main__":
