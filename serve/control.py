@@ -4,6 +4,7 @@ traffic table. Each wraps a plain class from ``actors/`` and restarts on failure
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -50,7 +51,8 @@ class AuditActor:
             batch_size=settings["batch_size"],
             flush_interval_s=settings["flush_interval_s"],
             store_input_text=settings["store_input_text"],
-            redactor=PiiRedactor(use_ner=settings["redact_names"]),
+            # Outputs repeat the same strings (labels, language codes): redact each once.
+            redactor=functools.lru_cache(maxsize=50_000)(PiiRedactor(use_ner=settings["redact_names"])),
         )
         self._lock = threading.Lock()
         self._interval = settings["flush_interval_s"]
