@@ -197,6 +197,21 @@ def optimize_distill(
     distill(_registry(storage), teacher, load_recipe(recipe), layers)
 
 
+@optimize_app.command("calibrate")
+def optimize_calibrate(
+    ref: str = typer.Argument(..., help="registry://NAME@ALIAS or NAME:VERSION of a model with an out-of-scope label"),
+    min_in_scope_accuracy: float = typer.Option(
+        ..., "--min-in-scope-accuracy", help="In-scope accuracy to keep on the validation data, e.g. 0.96."
+    ),
+    storage: str = StorageOption,
+) -> None:
+    """Register a version that answers out-of-scope below a top-probability threshold, chosen on the
+    recipe's validation data for the best out-of-scope recall at the in-scope accuracy floor."""
+    from train.optimize import calibrate
+
+    calibrate(_registry(storage), ref, min_in_scope_accuracy)
+
+
 def register(root: typer.Typer) -> None:
     root.command()(train)
     root.command()(tune)

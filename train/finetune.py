@@ -180,7 +180,7 @@ def train_loop_per_worker(config: dict) -> None:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
-        log(rank, f"resumed from epoch {state['epoch'] + 1}")
+        log(rank, f"resumed from the checkpoint of epoch {state['epoch'] + 1}; continuing with epoch {state['epoch'] + 2}")
     oos_index = label_ids.get(recipe.evaluation.oos_label) if recipe.evaluation.oos_label else None
     for epoch in range(state["epoch"] + 1, training.epochs):
         batches = bucketed_batches(train_set, training.batch_size, training.seed + epoch, rank, world)

@@ -41,3 +41,31 @@ def classification_metrics(confusion: np.ndarray, names: list[str], oos_index: i
         oos_rows = confusion[oos_index].sum()
         metrics["oos_recall"] = float(confusion[oos_index, oos_index] / oos_rows) if oos_rows else 0.0
     return metrics
+
+
+# Candidate out-of-scope thresholds: the top probability of a softmax over ~150 classes spans (0, 1].
+# 0.0 is the class-only rule (no threshold).
+OOS_THRESHOLDS = (0.0, *(round(float(t), 2) for t in np.arange(0.05, 1.0, 0.01)))
+
+
+def oos_tradeoff(probabilities: np.ndarray, labels: np.ndarray, oos_index: int, thresholds: tuple[float, ...] = OOS_THRESHOLDS) -> list[dict]:
+    """In-scope accuracy and out-of-scope recall at each threshold: the curve a threshold is chosen on."""
+    in_scope = labels != oos_index
+    curve = []
+    for threshold in thresholds:
+        predicted = predictions(probabilities, oos_index, threshold)
+        curve.append({
+            "threshold": threshold,
+            "in_scope_accuracy": float((predicted[in_scope] == labels[in_scope]).mean()) if in_scope.any() else 0.0,
+            "oos_recall": float((predicted[~in_scope] == oos_index).mean()) if (~in_scope).any() else 0.0,
+        })
+    return curve
+
+
+def choose_oos_threshold(curve: list[dict], min_in_scope_accuracy: float) -> dict:
+    """The point of ``curve`` with the best out-of-scope recall whose in-scope accuracy stays at or
+    above the floor (ties: the lower threshold); the point of best in-scope accuracy if none does."""
+    allowed = [point for point in curve if point["in_scope_accuracy"] >= min_in_scope_accuracy]
+    if not allowed:
+        return max(curve, key=lambda point: (point["in_scope_accuracy"], -point["threshold"]))
+    return max(allowed, key=lambda point: (point["oos_recall"], -point["threshold"]))

@@ -1,5 +1,5 @@
-"""Smaller and faster classifiers from registered ones: dynamic int8 quantisation and distillation
-into fewer encoder layers, each registered as a new version with re-measured metrics and latency.
+"""Derived versions of registered classifiers: dynamic int8 quantisation, distillation into fewer
+encoder layers, and out-of-scope threshold calibration, each registered with re-measured metrics.
 """
 
 from __future__ import annotations
@@ -18,17 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from actors.classifier_io import INT8, load_classifier, quantize_linear, save_quantized
+from actors.classifier_io import INT8, MARKER, load_classifier, quantize_linear, save_quantized
 from cluster.config import parse_config
 from cluster.errors import BatonError, ConfigError
 from cluster.registry import REF_SCHEME, Manifest, ModelRegistry
 from cluster.storage import Storage
 from train.data import DataError, Examples, PreparedData, load_dataset
 from train.finetune import batch_tensors, bucketed_batches, encode, evaluate, seed_everything
-from train.metrics import classification_metrics, confusion_matrix, predictions
+from train.metrics import choose_oos_threshold, classification_metrics, confusion_matrix, oos_tradeoff, predictions
 from train.recipe import Recipe, TrainingSettings, load_recipe
 
 DISTILLED = "distilled"
+CALIBRATED = "calibrated"
 LATENCY_BATCHES = (1, 32)
 DEFAULT_REPEATS = 20
 _LAYER_KEY = re.compile(r"\.layer\.(\d+)\.")
@@ -130,17 +131,27 @@ def _train_student(
 # -- measuring a derived model against its source -------------------------------------------
 
 
-def _measure(tokenizer: Any, model: Any, examples: Examples, labels: list[str], recipe: Recipe) -> tuple[dict[str, Any], np.ndarray]:
-    """finetune's validation metrics for ``model``, and its predicted label ids."""
+def _probabilities(tokenizer: Any, model: Any, examples: Examples, labels: list[str], recipe: Recipe) -> tuple[np.ndarray, np.ndarray, float]:
+    """(class probabilities, true label ids, mean loss) of ``model`` on ``examples``."""
     label_ids = {label: i for i, label in enumerate(labels)}
     encoded = encode(tokenizer, examples.texts, examples.labels, label_ids, recipe.training.max_length)
     probabilities, loss_sum = evaluate(model, encoded, recipe.training.eval_batch_size, tokenizer.pad_token_id or 0)
     model.eval()  # evaluate() leaves the model in train mode, which would keep dropout on for timing
-    evaluation = recipe.evaluation
-    oos_index = label_ids.get(evaluation.oos_label) if evaluation.oos_label else None
+    return probabilities, encoded.labels, round(loss_sum / len(encoded), 5)
+
+
+def _metrics_at(probabilities: np.ndarray, truth: np.ndarray, labels: list[str], evaluation: Any) -> tuple[dict[str, Any], np.ndarray]:
+    """Validation metrics under ``evaluation``'s out-of-scope rule, and the predicted label ids."""
+    oos_index = labels.index(evaluation.oos_label) if evaluation.oos_label in labels else None
     predicted = predictions(probabilities, oos_index, evaluation.oos_threshold)
-    metrics = classification_metrics(confusion_matrix(encoded.labels, predicted, len(labels)), labels, oos_index)
-    return metrics | {"val_loss": round(loss_sum / len(encoded), 5)}, predicted
+    return classification_metrics(confusion_matrix(truth, predicted, len(labels)), labels, oos_index), predicted
+
+
+def _measure(tokenizer: Any, model: Any, examples: Examples, labels: list[str], recipe: Recipe) -> tuple[dict[str, Any], np.ndarray]:
+    """finetune's validation metrics for ``model``, and its predicted label ids."""
+    probabilities, truth, val_loss = _probabilities(tokenizer, model, examples, labels, recipe)
+    metrics, predicted = _metrics_at(probabilities, truth, labels, recipe.evaluation)
+    return metrics | {"val_loss": val_loss}, predicted
 
 
 def _latency(tokenizer: Any, model: Any, texts: list[str], repeats: int, max_length: int) -> dict[str, float]:
@@ -188,7 +199,7 @@ def _check_labels(data_labels: list[str], model_labels: list[str], model: str) -
 
 def _float_source(registry: ModelRegistry, ref: str) -> Manifest:
     manifest = registry.manifest(*registry.resolve(ref))
-    if manifest.extra.get("optimization") == INT8:
+    if MARKER in manifest.files:  # the files, not the history, say whether weights are int8
         raise ConfigError(f"{manifest.name}:{manifest.version} is already int8; use its float parent {manifest.parent_version}")
     return manifest
 
@@ -264,6 +275,70 @@ def distill(
     return manifest
 
 
+def calibrate(
+    registry: ModelRegistry, ref: str, min_in_scope_accuracy: float, recipe: Recipe | None = None, *, echo: Echo = print
+) -> Manifest:
+    """Register ``ref`` again with the out-of-scope threshold that gives the best out-of-scope
+    recall on the validation data while in-scope accuracy stays at ``min_in_scope_accuracy``.
+
+    The threshold is chosen on the same data the metrics are measured on, so the manifest also
+    records a two-fold cross-fit: chosen on one half of the validation data, measured on the other.
+    """
+    if not 0 < min_in_scope_accuracy <= 1:
+        raise ConfigError(f"min_in_scope_accuracy must be in (0, 1]; got {min_in_scope_accuracy}")
+    source = registry.manifest(*registry.resolve(ref))
+    source_id = f"{source.name}:{source.version}"
+    recipe = recipe or _recipe_of(source)
+    oos_label = recipe.evaluation.oos_label
+    if oos_label is None or oos_label not in source.labels:
+        raise ConfigError(f"{source_id}: calibration needs the recipe's evaluation.oos_label to be one of the model's labels ({oos_label!r})")
+    validation = _load_data(recipe, f"calibrate {source_id}").validation
+    _check_labels(validation.labels, source.labels, source_id)
+    source_dir = registry.fetch(source_id)
+    tokenizer, model, labels = load_classifier(source_dir)
+    probabilities, truth, val_loss = _probabilities(tokenizer, model, validation, labels, recipe)
+    oos_index = labels.index(oos_label)
+    chosen = choose_oos_threshold(oos_tradeoff(probabilities, truth, oos_index), min_in_scope_accuracy)
+    calibrated = recipe.model_copy(update={"evaluation": recipe.evaluation.model_copy(update={"oos_threshold": chosen["threshold"]})})
+    metrics, _ = _metrics_at(probabilities, truth, labels, calibrated.evaluation)
+    extra = {
+        "optimization": CALIBRATED, "source": source_id, "min_in_scope_accuracy": min_in_scope_accuracy,
+        "oos_threshold": chosen["threshold"], "cross_fit": _cross_fit(probabilities, truth, oos_index, min_in_scope_accuracy, recipe.data.seed),
+    }
+    manifest = registry.register(
+        source.name, source_dir, task=source.task, base_model=f"{REF_SCHEME}{source_id}", labels=labels,
+        metrics=metrics | {"val_loss": val_loss}, dataset=source.dataset, recipe=calibrated.model_dump(mode="json"),
+        parent_version=source.version, extra=extra,
+    )
+    fit = extra["cross_fit"]
+    echo(
+        f"registered {manifest.name}:{manifest.version}: out-of-scope below top probability {chosen['threshold']:.2f}; "
+        f"in_scope_accuracy {metrics['in_scope_accuracy']:.4f} (was {source.metrics.get('in_scope_accuracy', float('nan')):.4f}), "
+        f"oos_recall {metrics['oos_recall']:.4f} (was {source.metrics.get('oos_recall', float('nan')):.4f}); "
+        f"cross-fit on held-out halves: in_scope_accuracy {fit['in_scope_accuracy']:.4f}, oos_recall {fit['oos_recall']:.4f}"
+    )
+    return manifest
+
+
+def _cross_fit(probabilities: np.ndarray, truth: np.ndarray, oos_index: int, floor: float, seed: int) -> dict[str, Any]:
+    """Choose the threshold on one stratified half and measure it on the other, both ways; the mean."""
+    rng = np.random.default_rng(seed)
+    half = np.zeros(len(truth), dtype=bool)
+    for label in np.unique(truth):
+        rows = rng.permutation(np.flatnonzero(truth == label))
+        half[rows[: len(rows) // 2]] = True
+    folds = []
+    for choose_on in (half, ~half):
+        point = choose_oos_threshold(oos_tradeoff(probabilities[choose_on], truth[choose_on], oos_index), floor)
+        measured = oos_tradeoff(probabilities[~choose_on], truth[~choose_on], oos_index, (point["threshold"],))[0]
+        folds.append(measured)
+    return {
+        "thresholds": [fold["threshold"] for fold in folds],
+        "in_scope_accuracy": round(float(np.mean([fold["in_scope_accuracy"] for fold in folds])), 4),
+        "oos_recall": round(float(np.mean([fold["oos_recall"] for fold in folds])), 4),
+    }
+
+
 def _summary(manifest: Manifest, source_metrics: dict[str, Any]) -> str:
     extra = manifest.extra
     before, after = extra["latency_ms"]
@@ -295,8 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     distill_cmd.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
     distill_cmd.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the soft targets")
     distill_cmd.add_argument("--alpha", type=float, default=0.5, help="weight of the hard-label loss (1 - alpha: soft)")
-    for command in (quantize_cmd, distill_cmd):
+    calibrate_cmd = commands.add_parser("calibrate", help="register a version with a chosen out-of-scope threshold")
+    calibrate_cmd.add_argument("--model", required=True, help="registry://NAME@ALIAS or NAME:VERSION")
+    calibrate_cmd.add_argument("--config", help="recipe whose validation data to choose on (default: the model's own)")
+    calibrate_cmd.add_argument("--min-in-scope-accuracy", type=float, required=True, help="in-scope accuracy to keep, e.g. 0.96")
+    for command in (quantize_cmd, distill_cmd, calibrate_cmd):
         command.add_argument("--storage", help="registry storage URI (default: $BATON_STORAGE, else the recipe's)")
+    for command in (quantize_cmd, distill_cmd):
         command.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed runs per latency figure")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -306,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         registry = ModelRegistry(Storage(args.storage or os.environ.get("BATON_STORAGE") or default_storage))
         if args.command == "quantize":
             quantize(registry, args.model, recipe, repeats=args.repeats)
+        elif args.command == "calibrate":
+            calibrate(registry, args.model, args.min_in_scope_accuracy, recipe)
         else:
             distill(
                 registry, args.teacher, recipe, args.layers, args.epochs,

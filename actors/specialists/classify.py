@@ -5,6 +5,7 @@ fetched from the registry with its checksums verified; optionally maps to sentim
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from actors.classifier_io import TextClassifier
 from actors.specialists.base import Specialist
-from cluster.registry import ModelRegistry
+from cluster.registry import Manifest, ModelRegistry
 from cluster.storage import Storage
 
 SENTIMENT_LABELS = ("POSITIVE", "NEGATIVE", "NEUTRAL", "MIXED")
@@ -60,6 +61,22 @@ def sentiment_result(labels: list[str], probabilities: np.ndarray, neutral_thres
     return {"label": label, "scores": scores}
 
 
+@dataclass(frozen=True)
+class OutOfScopeRule:
+    """A registered model answers ``label`` when its top probability is under ``threshold``: the
+    rule its recipe evaluated it with (``evaluation.oos_label`` / ``oos_threshold``), so what is
+    served matches the metrics in its manifest."""
+
+    label: str
+    threshold: float
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> OutOfScopeRule | None:
+        evaluation = manifest.recipe.get("evaluation") or {}
+        label, threshold = evaluation.get("oos_label"), float(evaluation.get("oos_threshold") or 0.0)
+        return cls(label, threshold) if label in manifest.labels and threshold > 0 else None
+
+
 class ClassifySpecialist(Specialist):
     kind: ClassVar[str] = "classify"
     Params: ClassVar[type[BaseModel]] = ClassifyParams
@@ -72,14 +89,17 @@ class ClassifySpecialist(Specialist):
     def _extras(self) -> dict:
         return {"labels": self._classifier.labels} if self._loaded else {}
 
-    def _model_dir(self) -> Path:
+    def _model(self) -> tuple[Path, OutOfScopeRule | None]:
+        """The model's local directory and, for a registered model, its out-of-scope rule."""
         if not self.params.model.startswith("registry://"):
-            return Path(self.params.model)
-        storage = Storage(self.params.storage or os.environ.get("BATON_STORAGE", ".baton"))
-        return ModelRegistry(storage).fetch(self.params.model)
+            return Path(self.params.model), None
+        registry = ModelRegistry(Storage(self.params.storage or os.environ.get("BATON_STORAGE", ".baton")))
+        manifest = registry.manifest(*registry.resolve(self.params.model))
+        return registry.fetch(f"{manifest.name}:{manifest.version}"), OutOfScopeRule.of(manifest)
 
     def _load(self) -> None:
-        self._classifier = TextClassifier(self._model_dir(), self.params.max_length)
+        directory, self._out_of_scope = self._model()
+        self._classifier = TextClassifier(directory, self.params.max_length)
 
     def _predict(self, texts: list[str], options: list[Any]) -> list[dict]:
         probabilities = self._classifier(texts)
@@ -91,4 +111,7 @@ class ClassifySpecialist(Specialist):
         top_k = option.top_k or self.params.top_k_scores
         best = np.argsort(-probabilities)[:top_k]
         labels = self._classifier.labels
-        return {"label": labels[int(best[0])], "scores": {labels[int(i)]: round(float(probabilities[i]), 4) for i in best}}
+        label = labels[int(best[0])]
+        if self._out_of_scope and probabilities[best[0]] < self._out_of_scope.threshold:
+            label = self._out_of_scope.label
+        return {"label": label, "scores": {labels[int(i)]: round(float(probabilities[i]), 4) for i in best}}

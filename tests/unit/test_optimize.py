@@ -14,9 +14,13 @@ from cluster.errors import ConfigError, NotFound
 from cluster.registry import ModelRegistry
 from cluster.storage import Storage
 from train.data import DataError
+from actors.classifier_io import TextClassifier
+from actors.specialists.classify import ClassifySpecialist, OutOfScopeRule
 from train.optimize import (
+    CALIBRATED,
     DISTILLED,
     INT8,
+    calibrate,
     distill,
     distillation_loss,
     load_classifier,
@@ -197,3 +201,55 @@ def test_command_line(registry, recipe, capsys):
     assert "registered tiny:v2 (dynamic-int8)" in capsys.readouterr().out
     assert main(["quantize", "--model", "tiny:v7", "--storage", recipe.storage]) == 2
     assert "tiny:v7 not found" in capsys.readouterr().err
+
+
+# Calibration tests use NEGATIVE as a stand-in for the out-of-scope label of an intent model.
+
+
+def with_oos_label(recipe: Recipe, threshold: float = 0.0) -> Recipe:
+    evaluation = recipe.evaluation.model_copy(update={"oos_label": "NEGATIVE", "oos_threshold": threshold})
+    return recipe.model_copy(update={"evaluation": evaluation})
+
+
+def test_calibrate_registers_a_version_with_the_chosen_threshold(registry, recipe):
+    manifest = calibrate(registry, "tiny@champion", 0.9, with_oos_label(recipe), echo=quiet)
+
+    source = registry.manifest("tiny", "v1")
+    assert (manifest.version, manifest.parent_version, manifest.files) == ("v2", "v1", source.files)
+    extra = manifest.extra
+    assert extra["optimization"] == CALIBRATED and extra["source"] == "tiny:v1" and extra["min_in_scope_accuracy"] == 0.9
+    assert manifest.recipe["evaluation"]["oos_threshold"] == extra["oos_threshold"]
+    assert manifest.recipe["evaluation"]["oos_label"] == "NEGATIVE"
+    assert manifest.metrics["in_scope_accuracy"] >= 0.9 and 0 <= manifest.metrics["oos_recall"] <= 1
+    assert len(extra["cross_fit"]["thresholds"]) == 2 and 0 <= extra["cross_fit"]["oos_recall"] <= 1
+
+
+def test_calibrate_needs_an_out_of_scope_label_of_the_model(registry, recipe):
+    with pytest.raises(ConfigError, match="calibration needs the recipe's evaluation.oos_label"):
+        calibrate(registry, "tiny:v1", 0.9, recipe, echo=quiet)
+    with pytest.raises(ConfigError, match=r"min_in_scope_accuracy must be in \(0, 1\]"):
+        calibrate(registry, "tiny:v1", 1.5, with_oos_label(recipe), echo=quiet)
+
+
+def test_served_model_applies_its_manifest_out_of_scope_rule(registry, recipe):
+    texts = [f"{text} {extra}" for text in POSITIVE + NEGATIVE for extra in ("", "indeed", "well")]
+    probabilities = TextClassifier(registry.fetch("tiny:v1"), 32)(texts)
+    positive_tops = sorted(float(p.max()) for p in probabilities if LABELS[int(p.argmax())] == "POSITIVE")
+    threshold = (positive_tops[0] + positive_tops[-1]) / 2  # some POSITIVE answers fall under it, some do not
+    registry.register(
+        "tiny", registry.fetch("tiny:v1"), task="sequence-classification", base_model="registry://tiny:v1", labels=LABELS,
+        metrics={}, dataset={"uri": recipe.data.train, "sha256": "0" * 64, "rows": 30},
+        recipe=with_oos_label(recipe, threshold).model_dump(mode="json"), parent_version="v1",
+    )
+    assert OutOfScopeRule.of(registry.manifest("tiny", "v1")) is None
+    assert OutOfScopeRule.of(registry.manifest("tiny", "v2")) == OutOfScopeRule("NEGATIVE", threshold)
+
+    served = {}
+    for version in ("v1", "v2"):
+        specialist = ClassifySpecialist({"model": f"registry://tiny:{version}", "storage": recipe.storage, "max_length": 32})
+        specialist.load()
+        served[version] = [result["label"] for result in specialist.predict(texts)]
+    argmax = [LABELS[int(p.argmax())] for p in probabilities]
+    assert served["v1"] == argmax
+    assert served["v2"] == ["NEGATIVE" if p.max() < threshold else label for p, label in zip(probabilities, argmax)]
+    assert served["v2"] != served["v1"]
