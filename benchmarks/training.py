@@ -95,7 +95,7 @@ def search(base: Recipe, learning_rates: list[float], epochs: int, asha: bool) -
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from train.tune import trial
+    from train.tune import TRIAL_DRIVER_RESOURCES, trial
 
     data = load_dataset(base.data)
     storage = Storage(base.storage)
@@ -106,7 +106,7 @@ def search(base: Recipe, learning_rates: list[float], epochs: int, asha: bool) -
     trainable = tune.with_resources(
         tune.with_parameters(trial, recipe_json=tuned.model_dump(mode="json"), base=loop_config(tuned, data, storage.uri),
                              storage_uri=storage.uri, run=run),
-        {"CPU": 0.01},
+        TRIAL_DRIVER_RESOURCES,
     )
     started = time.perf_counter()
     results = tune.Tuner(

@@ -33,8 +33,13 @@ def sampler(dimension: SearchDimension):
     return tune.choice(dimension.choice)
 
 
+# A trial's driver only waits on its TorchTrainer, so it holds no CPU: with even 0.01 CPU, two
+# 1-CPU trials would not fit on 2 cores. Tune refuses an empty bundle, hence the token memory.
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 2**20}
+
+
 def concurrency(recipe: Recipe, cluster_cpus: float) -> int:
-    """Trials that fit at once: each needs its workers' CPUs (the trial driver takes a sliver)."""
+    """Trials that fit at once: each needs its workers' CPUs (the trial driver needs none)."""
     if recipe.search.max_concurrent_trials is not None:
         return recipe.search.max_concurrent_trials
     per_trial = recipe.scaling.num_workers * recipe.scaling.cpus_per_worker()
@@ -78,7 +83,7 @@ def search(recipe: Recipe, *, storage_uri: str | None = None, echo: Callable[[st
             trial, recipe_json=recipe.model_dump(mode="json"), base=loop_config(recipe, data, storage.uri),
             storage_uri=storage.uri, run=run,
         ),
-        {"CPU": 0.01},
+        TRIAL_DRIVER_RESOURCES,
     )
     tuner = tune.Tuner(
         trainable,
