@@ -62,10 +62,8 @@ def oos_tradeoff(probabilities: np.ndarray, labels: np.ndarray, oos_index: int, 
     return curve
 
 
-def choose_oos_threshold(curve: list[dict], min_in_scope_accuracy: float) -> dict:
+def choose_oos_threshold(curve: list[dict], min_in_scope_accuracy: float) -> dict | None:
     """The point of ``curve`` with the best out-of-scope recall whose in-scope accuracy stays at or
-    above the floor (ties: the lower threshold); the point of best in-scope accuracy if none does."""
+    above the floor (ties: the lower threshold); None when no point reaches the floor."""
     allowed = [point for point in curve if point["in_scope_accuracy"] >= min_in_scope_accuracy]
-    if not allowed:
-        return max(curve, key=lambda point: (point["in_scope_accuracy"], -point["threshold"]))
-    return max(allowed, key=lambda point: (point["oos_recall"], -point["threshold"]))
+    return max(allowed, key=lambda point: (point["oos_recall"], -point["threshold"])) if allowed else None

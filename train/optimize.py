@@ -200,7 +200,7 @@ def _check_labels(data_labels: list[str], model_labels: list[str], model: str) -
 def _float_source(registry: ModelRegistry, ref: str) -> Manifest:
     manifest = registry.manifest(*registry.resolve(ref))
     if MARKER in manifest.files:  # the files, not the history, say whether weights are int8
-        raise ConfigError(f"{manifest.name}:{manifest.version} is already int8; use its float parent {manifest.parent_version}")
+        raise ConfigError(f"{manifest.name}:{manifest.version} has int8 weights already; start from a float32 version")
     return manifest
 
 
@@ -294,44 +294,67 @@ def calibrate(
         raise ConfigError(f"{source_id}: calibration needs the recipe's evaluation.oos_label to be one of the model's labels ({oos_label!r})")
     validation = _load_data(recipe, f"calibrate {source_id}").validation
     _check_labels(validation.labels, source.labels, source_id)
+    if len(set(validation.labels) - {oos_label}) == 0 or oos_label not in validation.labels:
+        raise DataError(f"calibrating {source_id} needs both in-scope and {oos_label!r} rows in the validation data")
     source_dir = registry.fetch(source_id)
     tokenizer, model, labels = load_classifier(source_dir)
     probabilities, truth, val_loss = _probabilities(tokenizer, model, validation, labels, recipe)
     oos_index = labels.index(oos_label)
-    chosen = choose_oos_threshold(oos_tradeoff(probabilities, truth, oos_index), min_in_scope_accuracy)
+    curve = oos_tradeoff(probabilities, truth, oos_index)
+    chosen = choose_oos_threshold(curve, min_in_scope_accuracy)
+    if chosen is None:
+        best = max(point["in_scope_accuracy"] for point in curve)
+        raise ConfigError(f"{source_id} reaches in-scope accuracy {best:.4f} at best, under the floor {min_in_scope_accuracy}")
+    if chosen["threshold"] == recipe.evaluation.oos_threshold:
+        raise ConfigError(f"{source_id} already answers {oos_label!r} below top probability {chosen['threshold']}: nothing to register")
     calibrated = recipe.model_copy(update={"evaluation": recipe.evaluation.model_copy(update={"oos_threshold": chosen["threshold"]})})
     metrics, _ = _metrics_at(probabilities, truth, labels, calibrated.evaluation)
+    cross_fit = _cross_fit(probabilities, truth, oos_index, min_in_scope_accuracy, _halves(truth, recipe.data.seed))
     extra = {
         "optimization": CALIBRATED, "source": source_id, "min_in_scope_accuracy": min_in_scope_accuracy,
-        "oos_threshold": chosen["threshold"], "cross_fit": _cross_fit(probabilities, truth, oos_index, min_in_scope_accuracy, recipe.data.seed),
+        "oos_threshold": chosen["threshold"], "cross_fit": cross_fit,
     }
     manifest = registry.register(
         source.name, source_dir, task=source.task, base_model=f"{REF_SCHEME}{source_id}", labels=labels,
         metrics=metrics | {"val_loss": val_loss}, dataset=source.dataset, recipe=calibrated.model_dump(mode="json"),
         parent_version=source.version, extra=extra,
     )
-    fit = extra["cross_fit"]
+    held_out = (
+        f"in_scope_accuracy {cross_fit['in_scope_accuracy']:.4f}, oos_recall {cross_fit['oos_recall']:.4f}"
+        if cross_fit else "not possible (a half lacks out-of-scope rows or reaches no threshold at the floor)"
+    )
     echo(
-        f"registered {manifest.name}:{manifest.version}: out-of-scope below top probability {chosen['threshold']:.2f}; "
+        f"registered {manifest.name}:{manifest.version}: {oos_label!r} below top probability {chosen['threshold']:.2f}; "
         f"in_scope_accuracy {metrics['in_scope_accuracy']:.4f} (was {source.metrics.get('in_scope_accuracy', float('nan')):.4f}), "
         f"oos_recall {metrics['oos_recall']:.4f} (was {source.metrics.get('oos_recall', float('nan')):.4f}); "
-        f"cross-fit on held-out halves: in_scope_accuracy {fit['in_scope_accuracy']:.4f}, oos_recall {fit['oos_recall']:.4f}"
+        f"cross-fit on held-out halves: {held_out}"
     )
     return manifest
 
 
-def _cross_fit(probabilities: np.ndarray, truth: np.ndarray, oos_index: int, floor: float, seed: int) -> dict[str, Any]:
-    """Choose the threshold on one stratified half and measure it on the other, both ways; the mean."""
+def _halves(truth: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded mask splitting every label's rows in two (an odd row goes to either half)."""
     rng = np.random.default_rng(seed)
-    half = np.zeros(len(truth), dtype=bool)
+    first_half = np.zeros(len(truth), dtype=bool)
     for label in np.unique(truth):
         rows = rng.permutation(np.flatnonzero(truth == label))
-        half[rows[: len(rows) // 2]] = True
+        first_half[rows[: (len(rows) + int(rng.integers(2))) // 2]] = True
+    return first_half
+
+
+def _cross_fit(probabilities: np.ndarray, truth: np.ndarray, oos_index: int, floor: float, first_half: np.ndarray) -> dict[str, Any] | None:
+    """Choose the threshold on one half and measure it on the other, both ways; the mean of the
+    two measurements, or None when a half cannot be chosen on or measured."""
+    for half in (first_half, ~first_half):
+        out_of_scope = truth[half] == oos_index
+        if not out_of_scope.any() or out_of_scope.all():
+            return None
     folds = []
-    for choose_on in (half, ~half):
+    for choose_on in (first_half, ~first_half):
         point = choose_oos_threshold(oos_tradeoff(probabilities[choose_on], truth[choose_on], oos_index), floor)
-        measured = oos_tradeoff(probabilities[~choose_on], truth[~choose_on], oos_index, (point["threshold"],))[0]
-        folds.append(measured)
+        if point is None:
+            return None
+        folds.append(oos_tradeoff(probabilities[~choose_on], truth[~choose_on], oos_index, (point["threshold"],))[0])
     return {
         "thresholds": [fold["threshold"] for fold in folds],
         "in_scope_accuracy": round(float(np.mean([fold["in_scope_accuracy"] for fold in folds])), 4),

@@ -18,6 +18,7 @@ from cluster.registry import Manifest, ModelRegistry
 from cluster.storage import Storage
 
 SENTIMENT_LABELS = ("POSITIVE", "NEGATIVE", "NEUTRAL", "MIXED")
+DEFAULT_MAX_LENGTH = 128
 
 
 class ClassifyParams(BaseModel):
@@ -31,7 +32,10 @@ class ClassifyParams(BaseModel):
     neutral_threshold: float = Field(
         0.7, ge=0, le=1, description="sentiment output: a top probability below this answers NEUTRAL."
     )
-    max_length: int = Field(128, ge=8, le=512, description="Tokens kept per text.")
+    max_length: int | None = Field(
+        None, ge=8, le=512,
+        description="Tokens kept per text (default: the max_length a registered model was trained and measured with, else 128).",
+    )
     top_k_scores: int = Field(5, ge=1, le=1000, description="How many of the best labels 'scores' lists.")
 
 
@@ -65,7 +69,7 @@ def sentiment_result(labels: list[str], probabilities: np.ndarray, neutral_thres
 class OutOfScopeRule:
     """A registered model answers ``label`` when its top probability is under ``threshold``: the
     rule its recipe evaluated it with (``evaluation.oos_label`` / ``oos_threshold``), so what is
-    served matches the metrics in its manifest."""
+    served matches the metrics in its manifest. Applies to ``output: labels``."""
 
     label: str
     threshold: float
@@ -89,17 +93,20 @@ class ClassifySpecialist(Specialist):
     def _extras(self) -> dict:
         return {"labels": self._classifier.labels} if self._loaded else {}
 
-    def _model(self) -> tuple[Path, OutOfScopeRule | None]:
-        """The model's local directory and, for a registered model, its out-of-scope rule."""
+    def _model(self) -> tuple[Path, Manifest | None]:
+        """The model's local directory and, for a registered model, its manifest."""
         if not self.params.model.startswith("registry://"):
             return Path(self.params.model), None
         registry = ModelRegistry(Storage(self.params.storage or os.environ.get("BATON_STORAGE", ".baton")))
         manifest = registry.manifest(*registry.resolve(self.params.model))
-        return registry.fetch(f"{manifest.name}:{manifest.version}"), OutOfScopeRule.of(manifest)
+        return registry.fetch(f"{manifest.name}:{manifest.version}"), manifest
 
     def _load(self) -> None:
-        directory, self._out_of_scope = self._model()
-        self._classifier = TextClassifier(directory, self.params.max_length)
+        directory, manifest = self._model()
+        self._out_of_scope = OutOfScopeRule.of(manifest) if manifest else None
+        # Serve as the model was measured: the recipe's truncation unless the orchestra overrides it.
+        trained = (manifest.recipe.get("training") or {}).get("max_length") if manifest else None
+        self._classifier = TextClassifier(directory, self.params.max_length or trained or DEFAULT_MAX_LENGTH)
 
     def _predict(self, texts: list[str], options: list[Any]) -> list[dict]:
         probabilities = self._classifier(texts)
@@ -111,7 +118,8 @@ class ClassifySpecialist(Specialist):
         top_k = option.top_k or self.params.top_k_scores
         best = np.argsort(-probabilities)[:top_k]
         labels = self._classifier.labels
-        label = labels[int(best[0])]
-        if self._out_of_scope and probabilities[best[0]] < self._out_of_scope.threshold:
-            label = self._out_of_scope.label
-        return {"label": label, "scores": {labels[int(i)]: round(float(probabilities[i]), 4) for i in best}}
+        scores = {labels[int(i)]: round(float(probabilities[i]), 4) for i in best}
+        rule = self._out_of_scope
+        if rule is None or probabilities[best[0]] >= rule.threshold:
+            return {"label": labels[int(best[0])], "scores": scores}
+        return {"label": rule.label, "scores": scores | {rule.label: round(float(probabilities[labels.index(rule.label)]), 4)}}

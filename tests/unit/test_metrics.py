@@ -44,5 +44,4 @@ def test_tradeoff_and_choice_respect_the_in_scope_floor():
     assert curve[0.7] == {"threshold": 0.7, "in_scope_accuracy": 0.5, "oos_recall": 1.0}
     assert choose_oos_threshold(list(curve.values()), 0.75)["threshold"] == 0.58
     assert choose_oos_threshold(list(curve.values()), 0.5)["threshold"] == 0.58  # ties go to the lower threshold
-    # No point reaches the floor: the best in-scope accuracy, at the lowest threshold.
-    assert choose_oos_threshold(list(curve.values()), 0.9)["threshold"] == 0.0
+    assert choose_oos_threshold(list(curve.values()), 0.9) is None

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+import train.optimize as optimize
 
 from actors.router import default_embedding_model_path
 from cluster.errors import ConfigError, NotFound
@@ -144,7 +147,7 @@ def test_load_classifier_reads_both_kinds_in_eval_mode(registry):
 
 def test_quantize_refuses_an_int8_source_and_missing_data(registry, recipe):
     quantize(registry, "tiny:v1", repeats=1, echo=quiet)
-    with pytest.raises(ConfigError, match="already int8"):
+    with pytest.raises(ConfigError, match="has int8 weights already"):
         quantize(registry, "tiny:v2", echo=quiet)
     Path(recipe.data.train).unlink()
     with pytest.raises(DataError, match="cannot re-measure tiny:v1.*no such file"):
@@ -203,7 +206,10 @@ def test_command_line(registry, recipe, capsys):
     assert "tiny:v7 not found" in capsys.readouterr().err
 
 
-# Calibration tests use NEGATIVE as a stand-in for the out-of-scope label of an intent model.
+# Calibration tests use NEGATIVE as a stand-in for the out-of-scope label of an intent model,
+# and a test double for the model's validation probabilities, so that the curve is known.
+IN_SCOPE_TOPS = [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.45, 0.4]  # P(POSITIVE) of POSITIVE rows; last two wrong
+OOS_TOPS = [0.1, 0.2, 0.3, 0.55, 0.6, 0.62, 0.7, 0.8, 0.9, 0.95]  # P(POSITIVE) of out-of-scope rows; 3 right at 0.0
 
 
 def with_oos_label(recipe: Recipe, threshold: float = 0.0) -> Recipe:
@@ -211,24 +217,60 @@ def with_oos_label(recipe: Recipe, threshold: float = 0.0) -> Recipe:
     return recipe.model_copy(update={"evaluation": evaluation})
 
 
-def test_calibrate_registers_a_version_with_the_chosen_threshold(registry, recipe):
-    manifest = calibrate(registry, "tiny@champion", 0.9, with_oos_label(recipe), echo=quiet)
+def two_class(positive: list[float]) -> np.ndarray:
+    return np.array([[1 - p, p] for p in positive])
+
+
+@pytest.fixture
+def known_curve(monkeypatch):
+    probabilities = two_class(IN_SCOPE_TOPS + OOS_TOPS)
+    truth = np.array([1] * len(IN_SCOPE_TOPS) + [0] * len(OOS_TOPS))
+    monkeypatch.setattr(optimize, "_probabilities", lambda *_: (probabilities, truth, 0.25))
+
+
+def test_calibrate_registers_the_best_threshold_at_the_floor(registry, recipe, known_curve):
+    # In-scope accuracy 0.8 at 0.0; keeping 0.7 allows losing the 0.6 row (t in 0.61..0.65),
+    # where out-of-scope recall is 5/10 at 0.61-0.62 and 6/10 from 0.63.
+    manifest = calibrate(registry, "tiny@champion", 0.7, with_oos_label(recipe), echo=quiet)
 
     source = registry.manifest("tiny", "v1")
     assert (manifest.version, manifest.parent_version, manifest.files) == ("v2", "v1", source.files)
-    extra = manifest.extra
-    assert extra["optimization"] == CALIBRATED and extra["source"] == "tiny:v1" and extra["min_in_scope_accuracy"] == 0.9
-    assert manifest.recipe["evaluation"]["oos_threshold"] == extra["oos_threshold"]
+    assert manifest.extra["optimization"] == CALIBRATED and manifest.extra["source"] == "tiny:v1"
+    assert manifest.extra["oos_threshold"] == manifest.recipe["evaluation"]["oos_threshold"] == 0.63
     assert manifest.recipe["evaluation"]["oos_label"] == "NEGATIVE"
-    assert manifest.metrics["in_scope_accuracy"] >= 0.9 and 0 <= manifest.metrics["oos_recall"] <= 1
-    assert len(extra["cross_fit"]["thresholds"]) == 2 and 0 <= extra["cross_fit"]["oos_recall"] <= 1
+    assert manifest.metrics["in_scope_accuracy"] == pytest.approx(0.7) and manifest.metrics["oos_recall"] == pytest.approx(0.6)
+    assert manifest.metrics["val_loss"] == 0.25
+    assert OutOfScopeRule.of(manifest) == OutOfScopeRule("NEGATIVE", 0.63)
 
 
-def test_calibrate_needs_an_out_of_scope_label_of_the_model(registry, recipe):
+def test_calibrate_refuses_what_it_cannot_do(registry, recipe, known_curve):
     with pytest.raises(ConfigError, match="calibration needs the recipe's evaluation.oos_label"):
         calibrate(registry, "tiny:v1", 0.9, recipe, echo=quiet)
     with pytest.raises(ConfigError, match=r"min_in_scope_accuracy must be in \(0, 1\]"):
         calibrate(registry, "tiny:v1", 1.5, with_oos_label(recipe), echo=quiet)
+    with pytest.raises(ConfigError, match="reaches in-scope accuracy 0.8000 at best, under the floor 0.9"):
+        calibrate(registry, "tiny:v1", 0.9, with_oos_label(recipe), echo=quiet)
+    with pytest.raises(ConfigError, match="already answers 'NEGATIVE' below top probability 0.63"):
+        calibrate(registry, "tiny:v1", 0.7, with_oos_label(recipe, 0.63), echo=quiet)
+    assert [m.version for m in registry.versions("tiny")] == ["v1"]
+
+
+def test_cross_fit_measures_each_threshold_on_the_other_half():
+    # Half A picks 0.66 (its out-of-scope row is at 0.65), half B picks 0.56 (its row is at 0.55).
+    probabilities = two_class([0.9, 0.7, 0.65, 0.9, 0.6, 0.55])
+    truth = np.array([1, 1, 0, 1, 1, 0])
+    first_half = np.array([True, True, True, False, False, False])
+    fit = optimize._cross_fit(probabilities, truth, 0, 1.0, first_half)
+    # 0.66 on B: loses the 0.6 in-scope row, catches 0.55; 0.56 on A: keeps both, misses 0.65.
+    assert fit == {"thresholds": [0.66, 0.56], "in_scope_accuracy": 0.75, "oos_recall": 0.5}
+    assert optimize._cross_fit(probabilities, truth, 0, 1.0, np.array([True, True, True, True, True, False])) is None
+
+
+def test_int8_is_known_by_its_files_after_calibration(registry, recipe, known_curve):
+    quantize(registry, "tiny:v1", repeats=1, echo=quiet)
+    calibrate(registry, "tiny:v2", 0.7, with_oos_label(recipe), echo=quiet)
+    with pytest.raises(ConfigError, match="tiny:v3 has int8 weights already"):
+        quantize(registry, "tiny:v3", echo=quiet)
 
 
 def test_served_model_applies_its_manifest_out_of_scope_rule(registry, recipe):
@@ -248,8 +290,20 @@ def test_served_model_applies_its_manifest_out_of_scope_rule(registry, recipe):
     for version in ("v1", "v2"):
         specialist = ClassifySpecialist({"model": f"registry://tiny:{version}", "storage": recipe.storage, "max_length": 32})
         specialist.load()
-        served[version] = [result["label"] for result in specialist.predict(texts)]
+        served[version] = specialist.predict(texts, [{"top_k": 1}] * len(texts))
     argmax = [LABELS[int(p.argmax())] for p in probabilities]
-    assert served["v1"] == argmax
-    assert served["v2"] == ["NEGATIVE" if p.max() < threshold else label for p, label in zip(probabilities, argmax)]
+    assert [result["label"] for result in served["v1"]] == argmax
+    assert [result["label"] for result in served["v2"]] == [
+        "NEGATIVE" if p.max() < threshold else label for p, label in zip(probabilities, argmax)
+    ]
     assert served["v2"] != served["v1"]
+    # An out-of-scope answer lists the out-of-scope probability next to the top label's.
+    overruled = [result for result, label in zip(served["v2"], argmax) if result["label"] != label]
+    assert overruled and all(set(result["scores"]) == {"NEGATIVE", "POSITIVE"} for result in overruled)
+
+
+def test_served_model_truncates_as_it_was_trained_unless_overridden(registry, recipe):
+    for params, expected in (({}, recipe.training.max_length), ({"max_length": 48}, 48)):
+        specialist = ClassifySpecialist({"model": "registry://tiny:v1", "storage": recipe.storage, **params})
+        specialist.load()
+        assert specialist._classifier.max_length == expected
