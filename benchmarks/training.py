@@ -2,7 +2,7 @@
 PyTorch loop on the same model, data and epoch; ASHA against a grid on one search space;
 int8 against float32 latency and accuracy. Writes the "## Training" section of docs/benchmarks.md.
 
-    python -m benchmarks.training [--rows 3000] [--search-rows 1500]
+    python -m benchmarks.training [--rows 3000] [--repeats 2] [--search-rows 1000] [--search-epochs 8]
 """
 
 from __future__ import annotations
@@ -154,6 +154,7 @@ def write_section(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=3000, help="SST-2 rows for the throughput and quantisation runs")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds of the throughput runs (best one counts)")
     parser.add_argument("--search-rows", type=int, default=1000, help="SST-2 rows for ASHA against grid (60/40 split)")
     parser.add_argument("--search-epochs", type=int, default=8, help="epochs of a trial that is never stopped")
     args = parser.parse_args()
@@ -165,10 +166,15 @@ def main() -> None:
     storage = tempfile.mkdtemp(prefix="baton-bench-")
     base = recipe(args.rows, storage)
 
-    console.print("[bold]1/3 throughput[/bold]: plain loop, Ray Train 1 worker, Ray Train 2 workers")
-    plain = plain_loop(base, threads=2)
-    one, one_wall = ray_train(base, 1)
-    two, two_wall = ray_train(base, 2)
+    console.print(f"[bold]1/3 throughput[/bold]: plain loop, Ray Train 1 worker, Ray Train 2 workers; {args.repeats} rounds, interleaved")
+    rounds = []
+    for _ in range(args.repeats):
+        rounds.append((plain_loop(base, threads=2), *ray_train(base, 1), *ray_train(base, 2)))
+    # Best of the rounds: on a shared machine the slowest runs measure the neighbours.
+    plain = max(r[0] for r in rounds)
+    one, one_wall = max((r[1], r[2]) for r in rounds)
+    two, two_wall = max((r[3], r[4]) for r in rounds)
+    every = {name: ", ".join(f"{r[i]:.1f}" for r in rounds) for name, i in (("plain", 0), ("one", 1), ("two", 3))}
 
     console.print("[bold]2/3 search[/bold]: grid, then ASHA, same 8 learning rates")
     # Shuffled once: ASHA's savings depend on arrival order, and an ascending grid would show it
@@ -189,11 +195,11 @@ def main() -> None:
         f"Command: `{command}` (run by `make bench-training`), {dt.date.today().isoformat()}, on {machine()}.",
         f"Data: {args.rows} SST-2 rows (80/20 split), MiniLM-L6, max_length 64, batch 32, one epoch; all in one run.",
         "",
-        "| training | samples/s (in epoch) | ratio to plain | wall s incl. start-up |",
-        "| --- | --- | --- | --- |",
-        f"| plain PyTorch loop, 1 process, 2 threads | {plain:.1f} | 1.00 | - |",
-        f"| Ray Train, 1 worker (2 CPUs) | {one:.1f} | {one / plain:.2f} | {one_wall:.0f} |",
-        f"| Ray Train, 2 workers (1 CPU each, gloo DDP) | {two:.1f} | {two / plain:.2f} | {two_wall:.0f} |",
+        f"| training | samples/s in the epoch, best of {args.repeats} | every round | ratio to plain | wall s incl. start-up |",
+        "| --- | --- | --- | --- | --- |",
+        f"| plain PyTorch loop, 1 process, 2 threads | {plain:.1f} | {every['plain']} | 1.00 | - |",
+        f"| Ray Train, 1 worker (2 CPUs) | {one:.1f} | {every['one']} | {one / plain:.2f} | {one_wall:.0f} |",
+        f"| Ray Train, 2 workers (1 CPU each, gloo DDP) | {two:.1f} | {every['two']} | {two / plain:.2f} | {two_wall:.0f} |",
         "",
         f"Target: Ray Train at least 0.9x the plain loop: 1 worker {'met' if one / plain >= 0.9 else 'NOT met'} ({one / plain:.2f}x), "
         f"2 workers {'met' if two / plain >= 0.9 else 'NOT met'} ({two / plain:.2f}x).",
