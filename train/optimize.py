@@ -30,6 +30,7 @@ from train.recipe import Recipe, TrainingSettings, load_recipe
 
 DISTILLED = "distilled"
 CALIBRATED = "calibrated"
+CROSS_FIT_HALVINGS = 10  # one random halving of ~100 out-of-scope rows moves the estimate by several points
 LATENCY_BATCHES = (1, 32)
 DEFAULT_REPEATS = 20
 _LAYER_KEY = re.compile(r"\.layer\.(\d+)\.")
@@ -309,7 +310,8 @@ def calibrate(
         raise ConfigError(f"{source_id} already answers {oos_label!r} below top probability {chosen['threshold']}: nothing to register")
     calibrated = recipe.model_copy(update={"evaluation": recipe.evaluation.model_copy(update={"oos_threshold": chosen["threshold"]})})
     metrics, _ = _metrics_at(probabilities, truth, labels, calibrated.evaluation)
-    cross_fit = _cross_fit(probabilities, truth, oos_index, min_in_scope_accuracy, _halves(truth, recipe.data.seed))
+    halvings = [_halves(truth, recipe.data.seed + n) for n in range(CROSS_FIT_HALVINGS)]
+    cross_fit = _cross_fit(probabilities, truth, oos_index, min_in_scope_accuracy, halvings)
     extra = {
         "optimization": CALIBRATED, "source": source_id, "min_in_scope_accuracy": min_in_scope_accuracy,
         "oos_threshold": chosen["threshold"], "cross_fit": cross_fit,
@@ -320,8 +322,10 @@ def calibrate(
         parent_version=source.version, extra=extra,
     )
     held_out = (
-        f"in_scope_accuracy {cross_fit['in_scope_accuracy']:.4f}, oos_recall {cross_fit['oos_recall']:.4f}"
-        if cross_fit else "not possible (a half lacks out-of-scope rows or reaches no threshold at the floor)"
+        f"in_scope_accuracy {cross_fit['in_scope_accuracy']:.4f} ({cross_fit['in_scope_accuracy_range'][0]:.4f}-{cross_fit['in_scope_accuracy_range'][1]:.4f}), "
+        f"oos_recall {cross_fit['oos_recall']:.4f} ({cross_fit['oos_recall_range'][0]:.4f}-{cross_fit['oos_recall_range'][1]:.4f}) "
+        f"over {CROSS_FIT_HALVINGS} halvings"
+        if cross_fit else "not possible (a half lacks in-scope or out-of-scope rows)"
     )
     echo(
         f"registered {manifest.name}:{manifest.version}: {oos_label!r} below top probability {chosen['threshold']:.2f}; "
@@ -342,24 +346,25 @@ def _halves(truth: np.ndarray, seed: int) -> np.ndarray:
     return first_half
 
 
-def _cross_fit(probabilities: np.ndarray, truth: np.ndarray, oos_index: int, floor: float, first_half: np.ndarray) -> dict[str, Any] | None:
-    """Choose the threshold on one half and measure it on the other, both ways; the mean of the
-    two measurements, or None when a half cannot be chosen on or measured."""
-    for half in (first_half, ~first_half):
-        out_of_scope = truth[half] == oos_index
-        if not out_of_scope.any() or out_of_scope.all():
-            return None
+def _cross_fit(probabilities: np.ndarray, truth: np.ndarray, oos_index: int, floor: float, halvings: list[np.ndarray]) -> dict[str, Any] | None:
+    """For each halving, choose the threshold on one half and measure it on the other, both ways;
+    the mean and range over all those measurements, or None when a half lacks either kind of row."""
     folds = []
-    for choose_on in (first_half, ~first_half):
-        point = choose_oos_threshold(oos_tradeoff(probabilities[choose_on], truth[choose_on], oos_index), floor)
-        if point is None:
-            return None
-        folds.append(oos_tradeoff(probabilities[~choose_on], truth[~choose_on], oos_index, (point["threshold"],))[0])
-    return {
-        "thresholds": [fold["threshold"] for fold in folds],
-        "in_scope_accuracy": round(float(np.mean([fold["in_scope_accuracy"] for fold in folds])), 4),
-        "oos_recall": round(float(np.mean([fold["oos_recall"] for fold in folds])), 4),
-    }
+    for first_half in halvings:
+        for choose_on in (first_half, ~first_half):
+            out_of_scope = truth[choose_on] == oos_index
+            if not out_of_scope.any() or out_of_scope.all():
+                return None
+            curve = oos_tradeoff(probabilities[choose_on], truth[choose_on], oos_index)
+            # A half that misses the floor at every threshold falls back to its most accurate one.
+            point = choose_oos_threshold(curve, floor) or max(curve, key=lambda p: (p["in_scope_accuracy"], -p["threshold"]))
+            folds.append(oos_tradeoff(probabilities[~choose_on], truth[~choose_on], oos_index, (point["threshold"],))[0])
+    summary: dict[str, Any] = {"halvings": len(halvings), "thresholds": [fold["threshold"] for fold in folds]}
+    for metric in ("in_scope_accuracy", "oos_recall"):
+        values = [fold[metric] for fold in folds]
+        summary[metric] = round(float(np.mean(values)), 4)
+        summary[f"{metric}_range"] = [round(min(values), 4), round(max(values), 4)]
+    return summary
 
 
 def _summary(manifest: Manifest, source_metrics: dict[str, Any]) -> str:

@@ -260,10 +260,23 @@ def test_cross_fit_measures_each_threshold_on_the_other_half():
     probabilities = two_class([0.9, 0.7, 0.65, 0.9, 0.6, 0.55])
     truth = np.array([1, 1, 0, 1, 1, 0])
     first_half = np.array([True, True, True, False, False, False])
-    fit = optimize._cross_fit(probabilities, truth, 0, 1.0, first_half)
+    fit = optimize._cross_fit(probabilities, truth, 0, 1.0, [first_half])
     # 0.66 on B: loses the 0.6 in-scope row, catches 0.55; 0.56 on A: keeps both, misses 0.65.
-    assert fit == {"thresholds": [0.66, 0.56], "in_scope_accuracy": 0.75, "oos_recall": 0.5}
-    assert optimize._cross_fit(probabilities, truth, 0, 1.0, np.array([True, True, True, True, True, False])) is None
+    assert fit == {
+        "halvings": 1, "thresholds": [0.66, 0.56], "in_scope_accuracy": 0.75, "in_scope_accuracy_range": [0.5, 1.0],
+        "oos_recall": 0.5, "oos_recall_range": [0.0, 1.0],
+    }
+    assert optimize._cross_fit(probabilities, truth, 0, 1.0, [first_half, ~first_half])["thresholds"] == [0.66, 0.56, 0.56, 0.66]
+    assert optimize._cross_fit(probabilities, truth, 0, 1.0, [np.array([True, True, True, True, True, False])]) is None
+
+
+def test_cross_fit_half_under_the_floor_falls_back_to_its_most_accurate_threshold():
+    # Half A cannot keep in-scope accuracy 1.0 (its 0.45 row is wrong at any threshold): threshold 0.0.
+    probabilities = two_class([0.45, 0.9, 0.2, 0.9, 0.8, 0.6])
+    truth = np.array([1, 1, 0, 1, 1, 0])
+    fit = optimize._cross_fit(probabilities, truth, 0, 1.0, [np.array([True, True, True, False, False, False])])
+    # 0.0 on B misses its 0.6 out-of-scope row; 0.61 (chosen on B) on A catches A's row, A's 0.45 row stays wrong.
+    assert (fit["thresholds"], fit["in_scope_accuracy"], fit["oos_recall"]) == ([0.0, 0.61], 0.75, 0.5)
 
 
 def test_int8_is_known_by_its_files_after_calibration(registry, recipe, known_curve):
@@ -307,3 +320,12 @@ def test_served_model_truncates_as_it_was_trained_unless_overridden(registry, re
         specialist = ClassifySpecialist({"model": "registry://tiny:v1", "storage": recipe.storage, **params})
         specialist.load()
         assert specialist._classifier.max_length == expected
+
+
+def test_halves_split_every_label_evenly_and_by_seed():
+    truth = np.array([0] * 5 + [1] * 4 + [2])
+    half = optimize._halves(truth, 3)
+    for label, rows in ((0, 5), (1, 4), (2, 1)):
+        assert abs(2 * int(half[truth == label].sum()) - rows) <= 1
+    assert np.array_equal(half, optimize._halves(truth, 3))
+    assert any(not np.array_equal(half, optimize._halves(truth, seed)) for seed in range(4, 10))
