@@ -283,7 +283,8 @@ def calibrate(
     recall on the validation data while in-scope accuracy stays at ``min_in_scope_accuracy``.
 
     The threshold is chosen on the same data the metrics are measured on, so the manifest also
-    records a two-fold cross-fit: chosen on one half of the validation data, measured on the other.
+    records a cross-fit over ``CROSS_FIT_HALVINGS`` seeded halvings of the validation data: chosen
+    on one half, measured on the other, both ways.
     """
     if not 0 < min_in_scope_accuracy <= 1:
         raise ConfigError(f"min_in_scope_accuracy must be in (0, 1]; got {min_in_scope_accuracy}")
@@ -349,7 +350,7 @@ def _halves(truth: np.ndarray, seed: int) -> np.ndarray:
 def _cross_fit(probabilities: np.ndarray, truth: np.ndarray, oos_index: int, floor: float, halvings: list[np.ndarray]) -> dict[str, Any] | None:
     """For each halving, choose the threshold on one half and measure it on the other, both ways;
     the mean and range over all those measurements, or None when a half lacks either kind of row."""
-    folds = []
+    folds, under_floor = [], 0
     for first_half in halvings:
         for choose_on in (first_half, ~first_half):
             out_of_scope = truth[choose_on] == oos_index
@@ -357,9 +358,14 @@ def _cross_fit(probabilities: np.ndarray, truth: np.ndarray, oos_index: int, flo
                 return None
             curve = oos_tradeoff(probabilities[choose_on], truth[choose_on], oos_index)
             # A half that misses the floor at every threshold falls back to its most accurate one.
-            point = choose_oos_threshold(curve, floor) or max(curve, key=lambda p: (p["in_scope_accuracy"], -p["threshold"]))
+            point = choose_oos_threshold(curve, floor)
+            if point is None:
+                under_floor += 1
+                point = max(curve, key=lambda p: (p["in_scope_accuracy"], -p["threshold"]))
             folds.append(oos_tradeoff(probabilities[~choose_on], truth[~choose_on], oos_index, (point["threshold"],))[0])
-    summary: dict[str, Any] = {"halvings": len(halvings), "thresholds": [fold["threshold"] for fold in folds]}
+    summary: dict[str, Any] = {
+        "halvings": len(halvings), "thresholds": [fold["threshold"] for fold in folds], "halves_under_floor": under_floor,
+    }
     for metric in ("in_scope_accuracy", "oos_recall"):
         values = [fold[metric] for fold in folds]
         summary[metric] = round(float(np.mean(values)), 4)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from actors.classifier_io import TextClassifier
 from actors.specialists.base import Specialist
+from cluster.errors import ConfigError
 from cluster.registry import Manifest, ModelRegistry
 from cluster.storage import Storage
 
@@ -107,6 +108,8 @@ class ClassifySpecialist(Specialist):
         # Serve as the model was measured: the recipe's truncation unless the orchestra overrides it.
         trained = (manifest.recipe.get("training") or {}).get("max_length") if manifest else None
         self._classifier = TextClassifier(directory, self.params.max_length or trained or DEFAULT_MAX_LENGTH)
+        if self._out_of_scope and self._out_of_scope.label not in self._classifier.labels:
+            raise ConfigError(f"{self.params.model}: out-of-scope label {self._out_of_scope.label!r} is not a label of the model files")
 
     def _predict(self, texts: list[str], options: list[Any]) -> list[dict]:
         probabilities = self._classifier(texts)

@@ -252,6 +252,11 @@ def test_calibrate_refuses_what_it_cannot_do(registry, recipe, known_curve):
         calibrate(registry, "tiny:v1", 0.9, with_oos_label(recipe), echo=quiet)
     with pytest.raises(ConfigError, match="already answers 'NEGATIVE' below top probability 0.63"):
         calibrate(registry, "tiny:v1", 0.7, with_oos_label(recipe, 0.63), echo=quiet)
+    in_scope_only = Path(recipe.storage).parent / "in_scope_only.jsonl"
+    in_scope_only.write_text('{"text": "fine", "label": "POSITIVE"}\n' * 4)
+    no_oos_rows = with_oos_label(recipe).model_copy(update={"data": recipe.data.model_copy(update={"validation": str(in_scope_only)})})
+    with pytest.raises(DataError, match="needs both in-scope and 'NEGATIVE' rows in the validation data"):
+        calibrate(registry, "tiny:v1", 0.7, no_oos_rows, echo=quiet)
     assert [m.version for m in registry.versions("tiny")] == ["v1"]
 
 
@@ -263,7 +268,7 @@ def test_cross_fit_measures_each_threshold_on_the_other_half():
     fit = optimize._cross_fit(probabilities, truth, 0, 1.0, [first_half])
     # 0.66 on B: loses the 0.6 in-scope row, catches 0.55; 0.56 on A: keeps both, misses 0.65.
     assert fit == {
-        "halvings": 1, "thresholds": [0.66, 0.56], "in_scope_accuracy": 0.75, "in_scope_accuracy_range": [0.5, 1.0],
+        "halvings": 1, "thresholds": [0.66, 0.56], "halves_under_floor": 0, "in_scope_accuracy": 0.75, "in_scope_accuracy_range": [0.5, 1.0],
         "oos_recall": 0.5, "oos_recall_range": [0.0, 1.0],
     }
     assert optimize._cross_fit(probabilities, truth, 0, 1.0, [first_half, ~first_half])["thresholds"] == [0.66, 0.56, 0.56, 0.66]
@@ -276,7 +281,7 @@ def test_cross_fit_half_under_the_floor_falls_back_to_its_most_accurate_threshol
     truth = np.array([1, 1, 0, 1, 1, 0])
     fit = optimize._cross_fit(probabilities, truth, 0, 1.0, [np.array([True, True, True, False, False, False])])
     # 0.0 on B misses its 0.6 out-of-scope row; 0.61 (chosen on B) on A catches A's row, A's 0.45 row stays wrong.
-    assert (fit["thresholds"], fit["in_scope_accuracy"], fit["oos_recall"]) == ([0.0, 0.61], 0.75, 0.5)
+    assert (fit["thresholds"], fit["in_scope_accuracy"], fit["oos_recall"], fit["halves_under_floor"]) == ([0.0, 0.61], 0.75, 0.5, 1)
 
 
 def test_int8_is_known_by_its_files_after_calibration(registry, recipe, known_curve):
