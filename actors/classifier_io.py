@@ -1,18 +1,26 @@
 """Reading and writing classifier directories: Hugging Face checkpoints and the int8
-variant (``optimization.json`` + ``quantized.pt``), shared by serving and training.
+variant (``optimization.json`` + ``quantized.pt``), and the out-of-scope rule a registered
+classifier is measured and served with; shared by serving and training.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.errors import BatonError
+import numpy as np
+
+from cluster.errors import BatonError, ConfigError
+from cluster.registry import REF_SCHEME, Manifest, ModelRegistry
+from cluster.storage import Storage
 
 INT8 = "dynamic-int8"
 MARKER, QUANTIZED_WEIGHTS = "optimization.json", "quantized.pt"
+DEFAULT_MAX_LENGTH = 128
 
 
 def load_classifier(model_dir: str | Path) -> tuple[Any, Any, list[str]]:
@@ -81,16 +89,62 @@ def save_quantized(tokenizer: Any, model: Any, directory: Path) -> None:
     (directory / MARKER).write_text(json.dumps({"optimization": INT8, "weights": QUANTIZED_WEIGHTS}) + "\n", encoding="utf-8")
 
 
-class TextClassifier:
-    """A loaded classifier as a function: texts -> (n, n_labels) probabilities."""
+def predictions(probabilities: np.ndarray, oos_index: int | None, oos_threshold: float) -> np.ndarray:
+    """Arg-max labels; below ``oos_threshold`` top probability the prediction becomes out-of-scope."""
+    predicted = probabilities.argmax(axis=1)
+    if oos_index is not None and oos_threshold > 0:
+        predicted = np.where(probabilities.max(axis=1) < oos_threshold, oos_index, predicted)
+    return predicted
 
-    def __init__(self, model_dir: str | Path, max_length: int = 128):
+
+@dataclass(frozen=True)
+class OutOfScopeRule:
+    """A registered model answers ``label`` when its top probability is under ``threshold``: the
+    rule its recipe evaluated it with (``evaluation.oos_label`` / ``oos_threshold``), so what is
+    served matches the metrics in its manifest."""
+
+    label: str
+    threshold: float
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> OutOfScopeRule | None:
+        evaluation = manifest.recipe.get("evaluation") or {}
+        label, threshold = evaluation.get("oos_label"), float(evaluation.get("oos_threshold") or 0.0)
+        return cls(label, threshold) if label in manifest.labels and threshold > 0 else None
+
+
+class TextClassifier:
+    """A loaded classifier as a function: texts -> (n, n_labels) probabilities; ``label_ids``
+    applies its out-of-scope rule, if it has one."""
+
+    def __init__(self, model_dir: str | Path, max_length: int = DEFAULT_MAX_LENGTH, out_of_scope: OutOfScopeRule | None = None):
         self.tokenizer, self.model, self.labels = load_classifier(model_dir)
         self.max_length = max_length
+        self.out_of_scope = out_of_scope
+        if out_of_scope and out_of_scope.label not in self.labels:
+            raise ConfigError(f"{model_dir}: out-of-scope label {out_of_scope.label!r} is not a label of the model files")
+        self._oos_index = self.labels.index(out_of_scope.label) if out_of_scope else None
 
-    def __call__(self, texts: list[str]):
+    def __call__(self, texts: list[str]) -> np.ndarray:
         import torch
 
         batch = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
         with torch.no_grad():
             return torch.softmax(self.model(**batch).logits, dim=-1).numpy()
+
+    def label_ids(self, probabilities: np.ndarray) -> np.ndarray:
+        threshold = self.out_of_scope.threshold if self.out_of_scope else 0.0
+        return predictions(probabilities, self._oos_index, threshold)
+
+
+def open_classifier(model: str, storage_uri: str | None = None, max_length: int | None = None) -> TextClassifier:
+    """A classifier from a local directory or a ``registry://`` reference. A registered one keeps
+    its manifest's out-of-scope rule and, unless ``max_length`` is given, its training truncation:
+    it is served as it was measured."""
+    if not model.startswith(REF_SCHEME):
+        return TextClassifier(model, max_length or DEFAULT_MAX_LENGTH)
+    registry = ModelRegistry(Storage(storage_uri or os.environ.get("BATON_STORAGE", ".baton")))
+    manifest = registry.manifest(*registry.resolve(model))
+    trained = (manifest.recipe.get("training") or {}).get("max_length")
+    directory = registry.fetch(f"{manifest.name}:{manifest.version}")
+    return TextClassifier(directory, max_length or trained or DEFAULT_MAX_LENGTH, OutOfScopeRule.of(manifest))

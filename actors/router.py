@@ -16,8 +16,6 @@ import numpy as np
 
 from cluster.config import AgentSettings, OrchestraConfig, RouterSettings
 from cluster.errors import NotFound
-from cluster.registry import ModelRegistry
-from cluster.storage import Storage
 
 ROUTED_BY = ("direct", "session", "router", "fallback", "none")
 
@@ -203,10 +201,8 @@ def build_router(config: OrchestraConfig, storage_uri: str, torch_threads: int |
     """The router of an orchestra (models already pinned), with its classifier when configured."""
     classifier = None
     if config.router.classifier is not None:
-        from actors.classifier_io import TextClassifier
+        from actors.classifier_io import open_classifier
 
-        ref = config.router.classifier.model
-        directory = ModelRegistry(Storage(storage_uri)).fetch(ref) if ref.startswith("registry://") else ref
-        classifier = TextClassifier(directory)
+        classifier = open_classifier(config.router.classifier.model, storage_uri)
     embedder = Embedder(config.router.model_path, torch_threads)
     return SemanticRouter(config.agents, config.router, embedder, classifier=classifier)

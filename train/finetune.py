@@ -20,11 +20,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from actors.classifier_io import predictions
 from cluster.errors import BatonError, exit_code
 from cluster.registry import Manifest, ModelRegistry
 from cluster.storage import Storage
 from train.data import PreparedData, load_dataset
-from train.metrics import classification_metrics, confusion_matrix, predictions
+from train.metrics import classification_metrics, confusion_matrix
 from train.recipe import Recipe, load_recipe
 
 STATE_FILE = "train_state.pt"

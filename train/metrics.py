@@ -6,13 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def predictions(probabilities: np.ndarray, oos_index: int | None, oos_threshold: float) -> np.ndarray:
-    """Arg-max labels; below ``oos_threshold`` top probability the prediction becomes out-of-scope."""
-    predicted = probabilities.argmax(axis=1)
-    if oos_index is not None and oos_threshold > 0:
-        predicted = np.where(probabilities.max(axis=1) < oos_threshold, oos_index, predicted)
-    return predicted
+from actors.classifier_io import predictions
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:

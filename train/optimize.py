@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from actors.classifier_io import INT8, MARKER, load_classifier, quantize_linear, save_quantized
+from actors.classifier_io import INT8, MARKER, load_classifier, predictions, quantize_linear, save_quantized
 from cluster.config import parse_config
-from cluster.errors import BatonError, ConfigError
+from cluster.errors import BatonError, ConfigError, exit_code
 from cluster.registry import REF_SCHEME, Manifest, ModelRegistry
 from cluster.storage import Storage
 from train.data import DataError, Examples, PreparedData, load_dataset
 from train.finetune import batch_tensors, bucketed_batches, encode, evaluate, seed_everything
-from train.metrics import choose_oos_threshold, classification_metrics, confusion_matrix, oos_tradeoff, predictions
+from train.metrics import choose_oos_threshold, classification_metrics, confusion_matrix, oos_tradeoff
 from train.recipe import Recipe, TrainingSettings, load_recipe
 
 DISTILLED = "distilled"
@@ -137,7 +137,6 @@ def _probabilities(tokenizer: Any, model: Any, examples: Examples, labels: list[
     label_ids = {label: i for i, label in enumerate(labels)}
     encoded = encode(tokenizer, examples.texts, examples.labels, label_ids, recipe.training.max_length)
     probabilities, loss_sum = evaluate(model, encoded, recipe.training.eval_batch_size, tokenizer.pad_token_id or 0)
-    model.eval()  # evaluate() leaves the model in train mode, which would keep dropout on for timing
     return probabilities, encoded.labels, round(loss_sum / len(encoded), 5)
 
 
@@ -414,24 +413,22 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed runs per latency figure")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        recipe = load_recipe(args.config) if args.config else None
-        default_storage = recipe.storage if recipe else Recipe.model_fields["storage"].default
-        registry = ModelRegistry(Storage(args.storage or os.environ.get("BATON_STORAGE") or default_storage))
-        if args.command == "quantize":
-            quantize(registry, args.model, recipe, repeats=args.repeats)
-        elif args.command == "calibrate":
-            calibrate(registry, args.model, args.min_in_scope_accuracy, recipe)
-        else:
-            distill(
-                registry, args.teacher, recipe, args.layers, args.epochs,
-                temperature=args.temperature, alpha=args.alpha, repeats=args.repeats,
-            )
-    except BatonError as error:
-        print(f"error: {error.message}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: _run(args))
 
+
+def _run(args: argparse.Namespace) -> None:
+    recipe = load_recipe(args.config) if args.config else None
+    default_storage = recipe.storage if recipe else Recipe.model_fields["storage"].default
+    registry = ModelRegistry(Storage(args.storage or os.environ.get("BATON_STORAGE") or default_storage))
+    if args.command == "quantize":
+        quantize(registry, args.model, recipe, repeats=args.repeats)
+    elif args.command == "calibrate":
+        calibrate(registry, args.model, args.min_in_scope_accuracy, recipe)
+    else:
+        distill(
+            registry, args.teacher, recipe, args.layers, args.epochs,
+            temperature=args.temperature, alpha=args.alpha, repeats=args.repeats,
+        )
 
 if __name__ == "__main__":
     sys.exit(main())

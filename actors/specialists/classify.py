@@ -4,22 +4,15 @@ fetched from the registry with its checksums verified; optionally maps to sentim
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.classifier_io import TextClassifier
+from actors.classifier_io import open_classifier
 from actors.specialists.base import Specialist
-from cluster.errors import ConfigError
-from cluster.registry import Manifest, ModelRegistry
-from cluster.storage import Storage
 
 SENTIMENT_LABELS = ("POSITIVE", "NEGATIVE", "NEUTRAL", "MIXED")
-DEFAULT_MAX_LENGTH = 128
 
 
 class ClassifyParams(BaseModel):
@@ -66,22 +59,6 @@ def sentiment_result(labels: list[str], probabilities: np.ndarray, neutral_thres
     return {"label": label, "scores": scores}
 
 
-@dataclass(frozen=True)
-class OutOfScopeRule:
-    """A registered model answers ``label`` when its top probability is under ``threshold``: the
-    rule its recipe evaluated it with (``evaluation.oos_label`` / ``oos_threshold``), so what is
-    served matches the metrics in its manifest. Applies to ``output: labels``."""
-
-    label: str
-    threshold: float
-
-    @classmethod
-    def of(cls, manifest: Manifest) -> OutOfScopeRule | None:
-        evaluation = manifest.recipe.get("evaluation") or {}
-        label, threshold = evaluation.get("oos_label"), float(evaluation.get("oos_threshold") or 0.0)
-        return cls(label, threshold) if label in manifest.labels and threshold > 0 else None
-
-
 class ClassifySpecialist(Specialist):
     kind: ClassVar[str] = "classify"
     Params: ClassVar[type[BaseModel]] = ClassifyParams
@@ -94,35 +71,20 @@ class ClassifySpecialist(Specialist):
     def _extras(self) -> dict:
         return {"labels": self._classifier.labels} if self._loaded else {}
 
-    def _model(self) -> tuple[Path, Manifest | None]:
-        """The model's local directory and, for a registered model, its manifest."""
-        if not self.params.model.startswith("registry://"):
-            return Path(self.params.model), None
-        registry = ModelRegistry(Storage(self.params.storage or os.environ.get("BATON_STORAGE", ".baton")))
-        manifest = registry.manifest(*registry.resolve(self.params.model))
-        return registry.fetch(f"{manifest.name}:{manifest.version}"), manifest
-
     def _load(self) -> None:
-        directory, manifest = self._model()
-        self._out_of_scope = OutOfScopeRule.of(manifest) if manifest else None
-        # Serve as the model was measured: the recipe's truncation unless the orchestra overrides it.
-        trained = (manifest.recipe.get("training") or {}).get("max_length") if manifest else None
-        self._classifier = TextClassifier(directory, self.params.max_length or trained or DEFAULT_MAX_LENGTH)
-        if self._out_of_scope and self._out_of_scope.label not in self._classifier.labels:
-            raise ConfigError(f"{self.params.model}: out-of-scope label {self._out_of_scope.label!r} is not a label of the model files")
+        self._classifier = open_classifier(self.params.model, self.params.storage, self.params.max_length)
 
     def _predict(self, texts: list[str], options: list[Any]) -> list[dict]:
         probabilities = self._classifier(texts)
-        return [self._result(row, option) for row, option in zip(probabilities, options)]
+        label_ids = self._classifier.label_ids(probabilities)
+        return [self._result(row, int(label_id), option) for row, label_id, option in zip(probabilities, label_ids, options)]
 
-    def _result(self, probabilities: np.ndarray, option: ClassifyOptions) -> dict:
+    def _result(self, probabilities: np.ndarray, label_id: int, option: ClassifyOptions) -> dict:
+        labels = self._classifier.labels
         if self.params.output == "sentiment":
-            return sentiment_result(self._classifier.labels, probabilities, self.params.neutral_threshold)
+            return sentiment_result(labels, probabilities, self.params.neutral_threshold)
         top_k = option.top_k or self.params.top_k_scores
         best = np.argsort(-probabilities)[:top_k]
-        labels = self._classifier.labels
-        scores = {labels[int(i)]: round(float(probabilities[i]), 4) for i in best}
-        rule = self._out_of_scope
-        if rule is None or probabilities[best[0]] >= rule.threshold:
-            return {"label": labels[int(best[0])], "scores": scores}
-        return {"label": rule.label, "scores": scores | {rule.label: round(float(probabilities[labels.index(rule.label)]), 4)}}
+        # The chosen label is always listed, also when the out-of-scope rule overrules the top one.
+        shown = [*best, label_id] if label_id not in best else best
+        return {"label": labels[label_id], "scores": {labels[int(i)]: round(float(probabilities[i]), 4) for i in shown}}

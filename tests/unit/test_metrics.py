@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train.metrics import choose_oos_threshold, classification_metrics, confusion_matrix, oos_tradeoff, predictions
+from actors.classifier_io import predictions
+from train.metrics import choose_oos_threshold, classification_metrics, confusion_matrix, oos_tradeoff
 
 NAMES = ["balance", "transfer", "oos"]
 OOS = 2

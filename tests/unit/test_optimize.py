@@ -17,8 +17,8 @@ from cluster.errors import ConfigError, NotFound
 from cluster.registry import ModelRegistry
 from cluster.storage import Storage
 from train.data import DataError
-from actors.classifier_io import TextClassifier
-from actors.specialists.classify import ClassifySpecialist, OutOfScopeRule
+from actors.classifier_io import OutOfScopeRule, TextClassifier
+from actors.specialists.classify import ClassifySpecialist
 from train.optimize import (
     CALIBRATED,
     DISTILLED,
