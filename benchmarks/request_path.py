@@ -291,7 +291,8 @@ def serving_version(config):
 
 def in_process_objects(config, storage_uri: str):
     """The router and the sentiment specialist as the ingress and the agent replica build them."""
-    from actors.router import Embedder, SemanticRouter
+    from actors.embedding import Embedder
+    from actors.router import SemanticRouter
     from actors.specialists.registry import create_specialist
     import actors.router as routing
 

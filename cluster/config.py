@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cluster.errors import ConfigError
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+# Agent kinds that compose other agents in the ingress instead of serving a model.
+COMPOSITE_KINDS = frozenset({"supervisor"})
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
 
 
@@ -86,13 +88,46 @@ class VersionSettings(Strict):
         return {**self.params, "model": self.model, **({"storage": storage_uri} if storage_uri else {})}
 
 
+class SupervisorSettings(Strict):
+    team: list[str] = Field(..., min_length=1, description="Agents the supervisor coordinates (names of agents in this orchestra).")
+    policy: Literal["all", "router", "llm"] = Field(
+        "router",
+        description="'all' calls every team agent; 'router' calls those the semantic router picks; 'llm' lets the lead LLM call them as tools.",
+    )
+    max_agents: int = Field(3, ge=1, le=16, description="router policy: most team agents one request reaches.")
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="router policy: least confidence for a team agent; default: router.threshold."
+    )
+    lead: str | None = Field(None, description="llm policy: the llm agent that plans and calls team agents as tools.")
+    max_tool_calls: int = Field(4, ge=1, le=32, description="llm policy: most team calls the lead may make per request.")
+
+
+def _single_version() -> list[VersionSettings]:
+    return [VersionSettings(version="v1", weight=100)]
+
+
 class AgentSettings(Strict):
     name: str = Field(..., pattern=NAME_PATTERN, description="Agent name, used in URLs and deployment names.")
-    kind: str = Field(..., pattern=NAME_PATTERN, description="Specialist kind that serves it, e.g. 'sentiment'.")
+    kind: str = Field(..., pattern=NAME_PATTERN, description="Specialist kind that serves it, e.g. 'sentiment', or 'supervisor'.")
     description: str = Field(..., min_length=3, description="What the agent does; the router embeds it.")
     examples: list[str] = Field(default_factory=list, description="Requests this agent should take; the router embeds them.")
     sticky: bool = Field(True, description="Pin a session_id/user_id to one version while weights allow.")
-    versions: list[VersionSettings] = Field(..., min_length=1, description="Deployed versions with traffic weights.")
+    versions: list[VersionSettings] = Field(
+        default_factory=_single_version, min_length=1, description="Deployed versions with traffic weights (a supervisor has one)."
+    )
+    supervisor: SupervisorSettings | None = Field(None, description="Team and policy; required for kind 'supervisor', refused otherwise.")
+
+    @property
+    def composite(self) -> bool:
+        return self.kind in COMPOSITE_KINDS
+
+    @model_validator(mode="after")
+    def _supervisor_settings(self) -> AgentSettings:
+        if self.composite != (self.supervisor is not None):
+            raise ValueError("kind 'supervisor' needs a 'supervisor' section, and only that kind may have one")
+        if self.supervisor is not None and self.name in self.supervisor.team:
+            raise ValueError(f"supervisor {self.name!r} cannot be on its own team")
+        return self
 
     @model_validator(mode="after")
     def _versions_consistent(self) -> AgentSettings:
@@ -124,7 +159,64 @@ class SessionSettings(Strict):
     ambiguity_margin: float = Field(
         0.1, ge=0, le=1, description="A follow-up whose top two confidences differ by less stays with the session's agent."
     )
-    max_sessions: int = Field(100_000, ge=1, description="Sessions kept in memory per ingress replica (oldest evicted).")
+    max_sessions: int = Field(100_000, ge=1, description="Sessions kept in the session store (least recently active evicted).")
+    max_turns: int = Field(20, ge=1, le=1000, description="Turns kept per user, session and agent (oldest dropped).")
+    max_turn_chars: int = Field(4000, ge=1, description="Characters kept of each turn's content.")
+    purge_interval_s: float = Field(60.0, ge=0, description="How often a write also removes expired and excess sessions (SQLite store).")
+    history_turns: int = Field(10, ge=0, le=1000, description="Earlier turns an agent receives with a follow-up.")
+
+
+class RuleMatch(Strict):
+    metadata: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Request metadata fields that must equal these values."
+    )
+    text_regex: str | None = Field(None, description="A regular expression that must match somewhere in the text (Python re.search).")
+    language: list[str] = Field(
+        default_factory=list, description="ISO 639-1 codes; the text's detected language must be one of them."
+    )
+
+    @field_validator("text_regex")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            import re
+
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"not a valid regular expression: {error}") from None
+        return pattern
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> RuleMatch:
+        if not self.metadata and self.text_regex is None and not self.language:
+            raise ValueError("a rule must match on at least one of metadata, text_regex, language")
+        return self
+
+
+class RuleSettings(Strict):
+    name: str = Field(..., pattern=NAME_PATTERN, description="Rule name, reported as 'rule' in the response.")
+    match: RuleMatch = Field(..., description="Conditions; all that are given must hold.")
+    agent: str | None = Field(None, description="Agent that takes a matching request.")
+    pipeline: str | None = Field(None, description="Pipeline that takes a matching request (instead of an agent).")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RuleSettings:
+        if (self.agent is None) == (self.pipeline is None):
+            raise ValueError("a rule names exactly one of agent or pipeline")
+        return self
+
+    @property
+    def target(self) -> str:
+        return self.agent or self.pipeline
+
+
+class LlmRouterSettings(Strict):
+    agent: str = Field(..., description="The llm agent that picks among the agents' names and descriptions.")
+    mode: Literal["llm", "hybrid"] = Field(
+        "hybrid", description="'llm' asks it for every routed request; 'hybrid' only when the embedding router is unsure."
+    )
+    below: float = Field(0.6, ge=0, le=1, description="hybrid: ask the LLM when the router's best confidence is below this.")
 
 
 class RouterClassifierSettings(Strict):
@@ -144,10 +236,43 @@ class RouterSettings(Strict):
         None, description="A registered classifier whose labels are agent names, blended with the similarity."
     )
     session: SessionSettings = Field(default_factory=SessionSettings, description="Session stickiness for follow-ups.")
+    rules: list[RuleSettings] = Field(
+        default_factory=list, description="Ordered routing rules, tried before the semantic router; the first match wins."
+    )
+    llm: LlmRouterSettings | None = Field(None, description="An LLM that routes (all requests, or the unsure ones).")
     batching: BatchingSettings = Field(
         default_factory=lambda: BatchingSettings(max_batch_size=32, batch_wait_timeout_s=0.002),
         description="Batching of router embeddings inside the ingress.",
     )
+
+
+class StepSettings(Strict):
+    name: str = Field(..., pattern=NAME_PATTERN, description="Step name: its key in 'result' and 'trace'.")
+    agent: str = Field(..., description="Agent or pipeline the step calls.")
+    input: str = Field(
+        "input.text",
+        description="Where the step's text comes from: input.text, or a path into an earlier step's output such as steps.pii.redacted_text.",
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="Options the step passes to its agent.")
+
+
+class PipelineSettings(Strict):
+    name: str = Field(..., pattern=NAME_PATTERN, description="Pipeline name, used in URLs (/v1/pipelines/{name}).")
+    description: str = Field(..., min_length=3, description="What the pipeline does.")
+    mode: Literal["sequence", "fanout"] = Field("sequence", description="Run steps one after another, or all at once.")
+    steps: list[StepSettings] = Field(..., min_length=1, description="The steps, in order.")
+
+    @model_validator(mode="after")
+    def _steps_consistent(self) -> PipelineSettings:
+        names = [step.name for step in self.steps]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate step names {duplicates}")
+        for index, step in enumerate(self.steps):
+            source = step.input.split(".")
+            if source[0] == "steps" and (len(source) < 2 or source[1] not in names[:index] or self.mode == "fanout"):
+                raise ValueError(f"step {step.name!r}: input {step.input!r} must name an earlier step of a sequence")
+        return self
 
 
 class IngressSettings(Strict):
@@ -209,6 +334,7 @@ class OrchestraConfig(Strict):
     reporter: ReporterSettings = Field(default_factory=ReporterSettings, description="Buffered reporting off the hot path.")
     limits: LimitSettings = Field(default_factory=LimitSettings, description="Input limits and timeouts.")
     agents: list[AgentSettings] = Field(..., min_length=1, description="The specialists behind the front door.")
+    pipelines: list[PipelineSettings] = Field(default_factory=list, description="Named sequences and fan-outs of agents.")
 
     @field_validator("agents")
     @classmethod
@@ -226,14 +352,44 @@ class OrchestraConfig(Strict):
             raise ValueError(f"router.fallback_agent {fallback!r} is not an agent (agents: {self.agent_names()})")
         return self
 
+    @model_validator(mode="after")
+    def _references_exist(self) -> OrchestraConfig:
+        agents, pipelines = set(self.agent_names()), [p.name for p in self.pipelines]
+        clash = sorted(agents & set(pipelines))
+        if clash or len(set(pipelines)) != len(pipelines):
+            raise ValueError(f"pipeline names must be unique and differ from agent names: {clash or pipelines}")
+        callable_names = agents | set(pipelines)
+        for agent in self.agents:
+            if agent.supervisor is not None:
+                _known(f"agent {agent.name!r} supervisor.team", agent.supervisor.team, agents)
+                lead = agent.supervisor.lead
+                if agent.supervisor.policy == "llm" and (lead is None or lead not in agents):
+                    raise ValueError(f"agent {agent.name!r}: the llm policy needs supervisor.lead naming an agent, got {lead!r}")
+        for pipeline in self.pipelines:
+            _known(f"pipeline {pipeline.name!r} steps", [s.agent for s in pipeline.steps], callable_names - {pipeline.name})
+        for rule in self.router.rules:
+            _known(f"router.rules {rule.name!r}", [rule.target], agents if rule.agent else set(pipelines))
+        if self.router.llm is not None:
+            _known("router.llm.agent", [self.router.llm.agent], agents)
+        return self
+
     def agent_names(self) -> list[str]:
         return [a.name for a in self.agents]
 
     def agent(self, name: str) -> AgentSettings | None:
         return next((a for a in self.agents if a.name == name), None)
 
+    def pipeline(self, name: str) -> PipelineSettings | None:
+        return next((p for p in self.pipelines if p.name == name), None)
+
     def http_port(self) -> int:
         return int(os.environ.get("BATON_HTTP_PORT", self.http.port))
+
+
+def _known(where: str, names: list[str], known: set[str]) -> None:
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"{where}: {unknown} not defined (known: {sorted(known)})")
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:
@@ -278,6 +434,8 @@ def load_orchestra(
     """
     config = parse_config(OrchestraConfig, read_yaml(path), str(path))
     for a_index, agent in enumerate(config.agents):
+        if agent.composite:
+            continue
         for v_index, version in enumerate(agent.versions):
             kind = agent.version_kind(version)
             if known_kinds is not None and kind not in known_kinds:

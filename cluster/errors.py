@@ -28,10 +28,21 @@ class BatonError(Exception):
     status: int = 500
     code: str = "internal"
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, retry_after_s: float | None = None, status: int | None = None):
+        # Every argument goes to Exception.__init__: an error crosses a Serve handle pickled,
+        # and unpickling calls cls(*args); a lost argument would become a 500 (ray#50211).
+        super().__init__(message, retry_after_s, status)
         self.message = message
         self.retry_after_s = retry_after_s
+        if status is not None:
+            self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+    def as_dict(self) -> dict:
+        """The error's body in API.md's shape, without the request id."""
+        return {"code": self.code, "message": self.message}
 
 
 class InvalidRequest(BatonError):
@@ -82,10 +93,21 @@ class Unavailable(BatonError):
     status, code = 503, "unavailable"
 
 
+ERROR_CLASSES: dict[str, type[BatonError]] = {}
+
+
+def error_from_code(code: str, message: str, retry_after_s: float | None = None) -> BatonError:
+    """The error class an API error code names (for errors that arrive as JSON)."""
+    return ERROR_CLASSES.get(code, BatonError)(message, retry_after_s)
+
+
 class ConfigError(BatonError):
     """An invalid config file or recipe; the message names the field path and value."""
 
     status, code = 500, "internal"
+
+
+ERROR_CLASSES.update({cls.code: cls for cls in BatonError.__subclasses__() if cls is not ConfigError})
 
 
 def exit_code(action: Callable[[], object]) -> int:

@@ -1,5 +1,6 @@
-"""One Serve deployment per agent version: loads its specialist once per replica and
-answers single requests, batching them with ``@serve.batch`` when the model gains from it.
+"""One Serve deployment per agent version: loads its specialist once per replica and runs
+invocations, batching unary text calls with ``@serve.batch`` where the model gains from it
+and streaming chunks for agents that stream. Errors leave the replica as ``Failure`` data.
 """
 
 from __future__ import annotations
@@ -7,23 +8,59 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from ray import serve
 
+from actors.invocation import Failure, Invocation, Result, StreamItem, drain
 from actors.specialists.registry import create_specialist
 from cluster.errors import BatonError
 
 logger = logging.getLogger(__name__)
+_END = object()
 
 
 def deployment_name(agent: str, version: str) -> str:
     return f"{agent}.{version}"
 
 
-def error_envelope(error: BatonError) -> dict:
-    """Errors cross the handle as data: Ray's wrapped exceptions lose their attributes."""
-    return {"__error__": {"type": type(error).__name__, "message": error.message}}
+def internal_failure(where: str) -> Failure:
+    logger.exception("unexpected error in %s", where)
+    return Failure(BatonError(f"internal error in {where}; see its replica log"))
+
+
+async def iterate_in_thread(produce: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+    """Items of a blocking iterator, produced on a worker thread so the replica's event loop
+    keeps serving; an exception in the iterator is raised here, after the items before it."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for item in produce():
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+                if stop.is_set():  # the caller went away: stop generating
+                    break
+            loop.call_soon_threadsafe(queue.put_nowait, _END)
+        except BaseException as error:  # handed to the consumer, raised there
+            loop.call_soon_threadsafe(queue.put_nowait, error)
+
+    worker = loop.run_in_executor(None, pump)
+    try:
+        while True:
+            item = await queue.get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        # The worker notices at its next item and stops; nothing waits for it here.
+        stop.set()
+        worker.add_done_callback(lambda _: None)
 
 
 @serve.deployment
@@ -34,30 +71,53 @@ class AgentVersion:
 
         torch.set_num_threads(torch_threads)
         self.agent, self.version = agent, version
+        self.where = f"agent {agent} {version}"
         self.specialist = create_specialist(kind, params)
         self.specialist.load()
-        self._predict_batch.set_max_batch_size(batching["max_batch_size"])
-        self._predict_batch.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
+        self._invoke_batch.set_max_batch_size(batching["max_batch_size"])
+        self._invoke_batch.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
 
-    async def predict(self, text: str, options: dict | None = None) -> dict:
-        if self.specialist.batchable:
-            return await self._predict_batch((text, options or {}))
-        return (await asyncio.to_thread(self._predict_isolated, [(text, options or {})]))[0]
+    async def invoke(self, invocation: Invocation) -> Result | Failure:
+        """The whole answer to one invocation (a streaming agent's stream, drained)."""
+        if self.specialist.batchable and invocation.text is not None:
+            return await self._invoke_batch(invocation)
+        return await asyncio.to_thread(self._run_to_end, invocation)
+
+    async def stream(self, invocation: Invocation) -> AsyncIterator[StreamItem]:
+        """Chunks as the specialist yields them, then its Result, or a Failure as the last item."""
+        try:
+            async for item in iterate_in_thread(lambda: self.specialist.stream(invocation)):
+                yield item
+        except BatonError as error:
+            yield Failure(error)
+        except Exception:
+            yield internal_failure(self.where)
+
+    def _run_to_end(self, invocation: Invocation) -> Result | Failure:
+        try:
+            return drain(self.specialist.stream(invocation))
+        except BatonError as error:
+            return Failure(error)
+        except Exception:
+            return internal_failure(self.where)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _predict_batch(self, items: list[tuple[str, dict]]) -> list[dict]:
+    async def _invoke_batch(self, invocations: list[Invocation]) -> list[Result | Failure]:
         # The model runs in a thread so the replica keeps accepting the next batch.
-        return await asyncio.to_thread(self._predict_isolated, items)
+        return await asyncio.to_thread(self._predict_isolated, invocations)
 
-    def _predict_isolated(self, items: list[tuple[str, dict]]) -> list[dict]:
+    def _predict_isolated(self, invocations: list[Invocation]) -> list[Result | Failure]:
         """Predict the batch; if one item is bad, answer the others and fail only that one."""
-        texts, options = [t for t, _ in items], [o for _, o in items]
         try:
-            return self.specialist.predict(texts, options)
+            outputs = self.specialist.predict([i.text for i in invocations], [i.options for i in invocations])
+            return [self.specialist.result(output) for output in outputs]
         except BatonError as error:
-            if len(items) == 1:
-                return [error_envelope(error)]
-        return [self._predict_isolated([item])[0] for item in items]
+            if len(invocations) == 1:
+                return [Failure(error)]
+        except Exception:
+            if len(invocations) == 1:
+                return [internal_failure(self.where)]
+        return [self._predict_isolated([invocation])[0] for invocation in invocations]
 
     def describe(self) -> dict[str, Any]:
-        return {"agent": self.agent, "version": self.version, **self.specialist.describe()}
+        return {"agent": self.agent, "version": self.version, "streams": self.specialist.streams, **self.specialist.describe()}

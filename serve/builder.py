@@ -134,7 +134,7 @@ def _bind_version(agent: AgentSettings, version: VersionSettings, storage_uri: s
 
 def build_application(config: OrchestraConfig, storage_uri: str) -> Application:
     config = pin_models(config, storage_uri)
-    agents = {a.name: {v.version: _bind_version(a, v, storage_uri) for v in a.versions} for a in config.agents}
+    agents = {a.name: {v.version: _bind_version(a, v, storage_uri) for v in a.versions} for a in config.agents if not a.composite}
     return Ingress.options(name=INGRESS, **ingress_options(config)).bind(config_dict(config), storage_uri, agents)
 
 
@@ -153,7 +153,7 @@ def serve_config(config_path: str | Path, base_dir: str | Path, working_dir: str
     config = load(config_path)
     config = pin_models(config, resolve_storage_uri(config, base_dir))
     deployments = [{"name": INGRESS, **ingress_options(config)}]
-    for agent in config.agents:
+    for agent in (a for a in config.agents if not a.composite):
         for version in agent.versions:
             deployments.append({"name": deployment_name(agent.name, version.version), **version_options(version)})
     runtime_env: dict[str, Any] = {"env_vars": dict(RUNTIME_ENV_VARS)}

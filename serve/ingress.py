@@ -1,5 +1,6 @@
-"""The front door: a FastAPI app inside a Serve deployment. It authenticates, validates,
-routes, splits traffic between versions, calls the agent and reports the outcome off the hot path.
+"""The front door's logic (``Gateway``: auth, limits, routing policy, dispatch, sessions,
+reporting) and the thin class-based Serve ingress that builds it once per replica and
+serves the FastAPI app of ``serve.app`` over it. No module-global state.
 """
 
 from __future__ import annotations
@@ -7,133 +8,65 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
-import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
+import numpy as np
 import ray
-from fastapi import Depends, FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from fastapi import Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from actors.composition import LlmLead, Pipeline, Step, Supervisor, instructions_text
+from actors.dispatcher import Called, Dispatcher
+from actors.invocation import Chunk, Invocation
 from actors.ratelimit import RateLimiter
 from actors.reporter import BufferedReporter
-from actors.router import build_router
+from actors.router import RouteDecision, build_router, choose_team, request_segments
+from actors.routing import LlmRouter, RoutingPolicy, RuleSet
+from actors.sessions import SessionLimits, open_session_store
+from actors.specialists.registry import SPECIALISTS
 from actors.traffic import TrafficTable
 from cluster.config import OrchestraConfig
-from cluster.errors import (
-    BatonError,
-    Forbidden,
-    NotFound,
-    PayloadTooLarge,
-    RateLimited,
-    Unauthorized,
-    Unavailable,
-    ValidationFailed,
-)
+from cluster.errors import BatonError, Forbidden, NotFound, RateLimited, Unauthorized, ValidationFailed
 from cluster.keys import KeyStore, Principal
 from cluster.registry import ModelRegistry
 from cluster.storage import Storage
 from serve import control
 from serve.agent import deployment_name
-from serve.http_errors import SERVE_UNAVAILABLE, error_response, from_serve_error, to_baton_error
+from serve.schemas import ChatBody, InvokeBody, KeyBody, RouteBody, TrafficBody
+from serve.targets import ServeTarget
 
 logger = logging.getLogger(__name__)
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-UNAUDITED = ("/healthz", "/metrics", "/docs", "/openapi.json", "/redoc")
 
 
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RouteBody(Body):
-    text: StrictStr = Field(..., min_length=1, description="The request text (1 to limits.max_text_chars characters).")
-    session_id: StrictStr | None = Field(None, min_length=1, max_length=128, description="Conversation key for follow-ups and sticky versions.")
-    user_id: StrictStr | None = Field(None, min_length=1, max_length=128, description="Caller's user; sticky version key when no session.")
-    agent: StrictStr | None = Field(None, min_length=1, max_length=64, description="Name an agent directly and skip the router.")
-    dry_run: StrictBool = Field(False, description="Return the routing decision without invoking the agent.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Agent-specific options.")
-
-
-class InvokeBody(Body):
-    text: StrictStr = Field(..., min_length=1, description="The request text.")
-    options: dict[str, Any] = Field(default_factory=dict, description="Agent-specific options.")
-
-
-class TrafficBody(Body):
-    weights: dict[str, StrictInt] = Field(..., min_length=1, description="Version -> percent; non-negative, summing to 100.")
-    sticky: StrictBool | None = Field(None, description="Pin session/user keys to one version; unchanged if omitted.")
-
-
-class KeyRateLimit(Body):
-    requests_per_s: float = Field(..., gt=0, le=100_000, description="Sustained requests per second for this key.")
-    burst: int = Field(..., ge=1, le=100_000, description="Requests this key may make at once.")
-
-
-class KeyBody(Body):
-    role: Literal["invoke", "admin"] = Field(..., description="What the key may do.")
-    name: StrictStr = Field(..., min_length=1, max_length=64, description="Who or what the key is for.")
-    rate_limit: KeyRateLimit | None = Field(None, description="This key's own rate limit; default: auth.rate_limit.")
-
-
-app = FastAPI(
-    title="baton",
-    description="One front door to many specialist models, on Ray Serve.",
-    version="0.1.0",
-    docs_url="/docs",
-)
+def note(request: Request, **fields: Any) -> None:
+    """Remember facts about this request for its audit record and monitor outcome."""
+    for name, value in fields.items():
+        setattr(request.state, name, value)
 
 
 def request_id_of(request: Request) -> str:
     return getattr(request.state, "request_id", None) or "unknown"
 
 
-@app.exception_handler(BatonError)
-@app.exception_handler(RequestValidationError)
-@app.exception_handler(StarletteHTTPException)
-async def _handle_error(request: Request, error: Exception) -> JSONResponse:
-    baton_error = to_baton_error(error)
-    request.state.error = f"{baton_error.code}: {baton_error.message}"
-    return error_response(baton_error, request_id_of(request))
-
-
-# Serve ships the FastAPI app to the replica by value, so ``app.state`` there is a copy;
-# this module-level slot (one Gateway per replica process) is what routes read.
-_gateway: list[Gateway] = []
-
-
-def current_gateway() -> Gateway:
-    return _gateway[0]
-
-
-async def ingress() -> Gateway:
-    """The route dependency; async so FastAPI does not hop to a thread pool for it."""
-    return current_gateway()
-
-
-def require(role: str):
-    async def dependency(request: Request, gate=Depends(ingress)) -> Principal:
-        return gate.authorize(request, role)
-
-    return dependency
+def session_limits(config: OrchestraConfig) -> SessionLimits:
+    s = config.router.session
+    return SessionLimits(
+        ttl_s=s.ttl_s, max_turns=s.max_turns, max_content_chars=s.max_turn_chars,
+        max_sessions=s.max_sessions, purge_interval_s=s.purge_interval_s,
+    )
 
 
 class Gateway:
-    """The ingress replica's state; wrapped as the ``Ingress`` deployment at the end of the
-    module because Serve captures the FastAPI app (its routes) when ``serve.ingress`` runs.
-    """
+    """One ingress replica's state and request logic. Everything per request travels in
+    the ``Invocation``; what lives here is shared by all requests of the replica."""
 
     def __init__(self, config: dict, storage_uri: str, agents: dict[str, dict[str, DeploymentHandle]]):
         self.config = OrchestraConfig.model_validate(config)
         self.storage_uri = storage_uri
-        self.handles = agents
         self.keys = KeyStore(Storage(storage_uri), refresh_s=self.config.auth.key_cache_s)
         self.keys.reload()
         self.registry = ModelRegistry(Storage(storage_uri))
@@ -142,6 +75,7 @@ class Gateway:
         batching = self.config.router.batching
         self._score_batch.set_max_batch_size(batching.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self.sessions = open_session_store(storage_uri, session_limits(self.config))
         self.actors = control.control_actors(self.config, storage_uri)
         self.traffic = TrafficTable(control.initial_traffic(self.config))
         self.traffic_fingerprint = control.traffic_fingerprint(self.config)
@@ -152,13 +86,65 @@ class Gateway:
         kwargs = dict(max_batch=reporting.max_batch, interval_s=reporting.interval_s, max_buffer=reporting.max_buffer)
         self.monitor_reporter = BufferedReporter(self.actors[control.MONITOR].record.remote, name="monitor", **kwargs)
         self.audit_reporter = BufferedReporter(self.actors[control.AUDIT].write.remote, name="audit", **kwargs)
+        self.dispatcher = Dispatcher(self._serve_targets(agents), self.traffic, default_timeout_s=self.config.limits.agent_timeout_s)
+        self._add_composites()
+        llm = self.config.router.llm
+        self.policy = RoutingPolicy(
+            self.router,
+            RuleSet(self.config.router.rules),
+            self.score,
+            llm=LlmRouter(llm, self.config.agents, self.dispatcher) if llm else None,
+        )
         self._background: list[asyncio.Task] = []
         self._statuses: tuple[float, dict[str, str]] = (float("-inf"), {})
-        _gateway[:] = [self]
+
+    # -- wiring -----------------------------------------------------------------------
+
+    def _serve_targets(self, handles: dict[str, dict[str, DeploymentHandle]]) -> dict[str, dict]:
+        targets: dict[str, dict] = {}
+        for agent in self.config.agents:
+            for version in agent.versions:
+                if agent.name in handles and version.version in handles[agent.name]:
+                    streams = SPECIALISTS[agent.version_kind(version)].streams
+                    where = f"agent {agent.name} {version.version}"
+                    targets.setdefault(agent.name, {})[version.version] = ServeTarget(handles[agent.name][version.version], streams, where)
+        return targets
+
+    def _add_composites(self) -> None:
+        """Supervisors and pipelines are agents in this process that hold the dispatcher;
+        their steps report to the monitor like any call."""
+        steps = self.dispatcher.reporting_to(self._report_step)
+        descriptions = {a.name: a.description for a in self.config.agents}
+        for agent in self.config.agents:
+            settings = agent.supervisor
+            if settings is None:
+                continue
+            lead = LlmLead(settings.lead, descriptions, settings.max_tool_calls) if settings.policy == "llm" else None
+            supervisor = Supervisor(
+                agent.name, settings.team, steps, policy=settings.policy, max_agents=settings.max_agents,
+                choose=self._team_chooser(settings.threshold), lead=lead,
+            )
+            self.dispatcher.targets[agent.name] = {v.version: supervisor for v in agent.versions}
+        for pipeline in self.config.pipelines:
+            stages = [Step(s.name, s.agent, s.input, s.options) for s in pipeline.steps]
+            self.dispatcher.targets[pipeline.name] = {"v1": Pipeline(pipeline.name, pipeline.mode, stages, steps)}
+
+    def _team_chooser(self, threshold: float | None):
+        threshold = self.config.router.threshold if threshold is None else threshold
+
+        async def choose(invocation: Invocation, team, k: int) -> list[str]:
+            segments = request_segments(instructions_text(invocation.input_text))
+            scores = np.stack(await asyncio.gather(*(self.score(segment) for segment in segments)))
+            return choose_team(self.router.team_confidences(scores, team), threshold, k)
+
+        return choose
+
+    def _report_step(self, called: Called) -> None:
+        self.monitor_reporter.add(called.outcome())
 
     # -- life cycle -------------------------------------------------------------------
 
-    def _ensure_background(self) -> None:
+    def ensure_background(self) -> None:
         """Start reporters and the traffic follower on the replica's event loop, once."""
         if self._background:
             return
@@ -210,59 +196,112 @@ class Gateway:
     async def _score_batch(self, texts: list[str]) -> list:
         return list(await asyncio.to_thread(self.router.scores, texts))
 
-    def check_text(self, text: str) -> None:
+    async def score(self, text: str) -> np.ndarray:
+        """The router's confidences for one text, batched with concurrent requests."""
+        return await self._score_batch(text)
+
+    def check_input(self, text: str, options: dict) -> None:
         limit = self.config.limits.max_text_chars
         if len(text) > limit:
             raise ValidationFailed(f"text: must be at most {limit} characters, got {len(text)}")
-
-    def check_options(self, options: dict) -> None:
         size = len(json.dumps(options))
         if size > self.config.limits.max_options_bytes:
             raise ValidationFailed(f"options: must be at most {self.config.limits.max_options_bytes} bytes as JSON, got {size}")
 
-    async def route(self, request: Request, body: RouteBody) -> dict:
-        self.check_text(body.text)
-        self.check_options(body.options)
-        scores = None if body.agent is not None else (await self._score_batch(body.text))
-        decision = self.router.decide(body.text, scores=scores, agent=body.agent, session_id=body.session_id)
+    def invocation(self, request: Request, body: InvokeBody, **changes: Any) -> Invocation:
+        self.check_input(body.text, body.options)
+        note(request, text=body.text, metadata=body.metadata or None)
+        return Invocation(
+            text=body.text, options=body.options, session_id=body.session_id, user_id=body.user_id,
+            request_id=request_id_of(request), deadline=time.time() + self.config.limits.agent_timeout_s,
+            metadata=dict(body.metadata), stream=body.stream, **changes,
+        )
+
+    async def decide(self, request: Request, body: RouteBody, invocation: Invocation) -> RouteDecision:
+        session_agent = None
+        if body.session_id is not None and body.agent is None:
+            session_agent = await asyncio.to_thread(self.sessions.last_agent, body.user_id, body.session_id)
+        decision = await self.policy.decide(invocation, agent=body.agent, session_agent=session_agent)
         note(request, routed_by=decision.routed_by, confidence=decision.confidence, agent=decision.agent)
-        response = {"request_id": request_id_of(request), **decision.as_dict(), "version": None, "result": None}
-        if decision.agent is not None:
-            version = self.traffic.pick(decision.agent, body.session_id or body.user_id)
-            note(request, version=version)
-            response["version"] = version
-            if not body.dry_run:
-                response["result"] = await self.call_agent(request, decision.agent, version, body.text, body.options)
-        return response
+        return decision
 
-    async def invoke(self, request: Request, name: str, body: InvokeBody) -> dict:
-        self.check_text(body.text)
-        self.check_options(body.options)
-        if name not in self.handles:
-            raise NotFound(f"agent {name!r} does not exist (agents: {sorted(self.handles)})")
-        version = self.traffic.pick(name)
-        note(request, agent=name, version=version, routed_by="direct")
-        result = await self.call_agent(request, name, version, body.text, body.options)
-        return {"request_id": request_id_of(request), "agent": name, "version": version, "result": result}
+    async def with_history(self, invocation: Invocation, agent: str) -> Invocation:
+        """An LLM agent gets its own earlier turns of this session."""
+        if invocation.session_id is None or not self._is_llm(agent) or not self.config.router.session.history_turns:
+            return invocation
+        turns = await asyncio.to_thread(
+            self.sessions.turns, invocation.user_id, invocation.session_id, agent, self.config.router.session.history_turns
+        )
+        return invocation.derive(history=tuple({"role": t["role"], "content": t["content"]} for t in turns))
 
-    async def call_agent(self, request: Request, agent: str, version: str, text: str, options: dict) -> dict:
-        handle = self.handles[agent][version]
-        try:
-            result = await asyncio.wait_for(
-                handle.predict.remote(text, options), timeout=self.config.limits.agent_timeout_s
-            )
-        except SERVE_UNAVAILABLE as error:
-            # Serve installs its own plain-text handlers for these; answer in our shape first.
-            raise from_serve_error(error) from None
-        except asyncio.TimeoutError:
-            raise Unavailable(
-                f"agent {agent!r} {version} did not answer within {self.config.limits.agent_timeout_s}s",
-                retry_after_s=5,
-            ) from None
-        if isinstance(result, dict) and "__error__" in result:
-            raise ValidationFailed(result["__error__"]["message"])
-        note(request, output=result, label=result.get("label") or result.get("language"))
-        return result
+    def _is_llm(self, agent: str) -> bool:
+        settings = self.config.agent(agent)
+        return settings is not None and any(settings.version_kind(v) == "llm" for v in settings.versions)
+
+    async def remember(self, invocation: Invocation, called: Called) -> None:
+        if invocation.session_id is None or not called.ok:
+            return
+        output = called.result.output
+        answer = output.get("text") if isinstance(output, dict) and isinstance(output.get("text"), str) else json.dumps(output, ensure_ascii=False)
+        turns = [{"role": "user", "content": invocation.input_text}, {"role": "assistant", "content": answer}]
+        await asyncio.to_thread(self.sessions.append, invocation.user_id, invocation.session_id, called.agent, turns)
+
+    def pick(self, request: Request, agent: str, invocation: Invocation) -> str:
+        version = self.dispatcher.pick(agent, invocation)
+        note(request, version=version)
+        return version
+
+    def finished(self, request: Request, called: Called) -> None:
+        """Note a call's outcome for the audit record; raise its error for the error response."""
+        result = called.result
+        note(request, output=result.output if result else None, label=result.label if result else None,
+             trace=result.trace if result else None)
+        if not called.ok:
+            raise called.error
+
+    async def run(self, request: Request, agent: str, version: str, invocation: Invocation) -> Called:
+        invocation = await self.with_history(invocation, agent)
+        called = await self.dispatcher.invoke(agent, invocation, version)
+        self.finished(request, called)
+        await self.remember(invocation, called)
+        return called
+
+    async def stream(self, request: Request, agent: str, version: str, invocation: Invocation) -> AsyncIterator[Chunk | Called]:
+        """Chunks, then the Called; the session and the audit note happen at the end."""
+        invocation = await self.with_history(invocation, agent)
+        async for item in self.dispatcher.stream(agent, invocation, version):
+            if isinstance(item, Called):
+                result = item.result
+                note(request, output=result.output if result else None, label=result.label if result else None,
+                     trace=result.trace if result else None, error=None if item.ok else f"{item.error.code}: {item.error.message}",
+                     status=200 if item.ok else item.error.status)
+                await self.remember(invocation, item)
+            yield item
+
+    def known(self, name: str) -> None:
+        if not self.dispatcher.knows(name):
+            raise NotFound(f"agent {name!r} does not exist (agents: {sorted(self.dispatcher.targets)})")
+
+    def pipeline_names(self) -> list[str]:
+        return [p.name for p in self.config.pipelines]
+
+    def chat_invocation(self, request: Request, body: ChatBody) -> Invocation:
+        if not self.dispatcher.knows(body.model):
+            raise NotFound(f"model {body.model!r} is not an agent or pipeline (see GET /v1/models)")
+        messages = tuple(m.model_dump(exclude_none=True) for m in body.messages)
+        options = {}
+        if self._is_llm(body.model):
+            options = {k: v for k, v in (("max_tokens", body.max_tokens), ("temperature", body.temperature)) if v is not None}
+        invocation = Invocation(
+            messages=messages, options=options, user_id=body.user, request_id=request_id_of(request),
+            deadline=time.time() + self.config.limits.agent_timeout_s, stream=body.stream,
+        )
+        text = invocation.input_text
+        self.check_input(text or "-", options)
+        if not text:
+            raise ValidationFailed("messages: no message has text content")
+        note(request, text=text, agent=body.model, routed_by="direct")
+        return invocation if self._is_llm(body.model) else invocation.derive(text=text)
 
     # -- operations -------------------------------------------------------------------
 
@@ -275,11 +314,32 @@ class Gateway:
         for agent in self.config.agents:
             weights = self.traffic.weights(agent.name)
             versions = [
-                {"version": v.version, "weight": weights[v.version], "status": statuses.get(deployment_name(agent.name, v.version), "unknown")}
+                {
+                    "version": v.version,
+                    "weight": weights[v.version],
+                    "status": "ready" if agent.composite else statuses.get(deployment_name(agent.name, v.version), "unknown"),
+                }
                 for v in agent.versions
             ]
-            agents.append({"name": agent.name, "kind": agent.kind, "description": agent.description, "versions": versions})
+            entry = {"name": agent.name, "kind": agent.kind, "description": agent.description, "versions": versions}
+            if agent.supervisor is not None:
+                entry["team"] = list(agent.supervisor.team)
+                entry["policy"] = agent.supervisor.policy
+            agents.append(entry)
         return {"agents": agents}
+
+    def pipelines_view(self) -> dict:
+        return {
+            "pipelines": [
+                {"name": p.name, "description": p.description, "mode": p.mode,
+                 "steps": [{"name": s.name, "agent": s.agent} for s in p.steps]}
+                for p in self.config.pipelines
+            ]
+        }
+
+    def models_view(self) -> dict:
+        names = [*(a.name for a in self.config.agents), *self.pipeline_names()]
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "baton"} for name in names]}
 
     async def set_traffic(self, request: Request, name: str, body: TrafficBody) -> dict:
         change = await self.actors[control.TRAFFIC].set_weights.remote(name, body.weights, body.sticky)
@@ -311,12 +371,19 @@ class Gateway:
         records = await self.actors[control.AUDIT].query.remote(since=since, agent=agent, limit=limit)
         return {"records": records}
 
+    async def stats(self) -> dict:
+        return await self.actors[control.MONITOR].stats.remote()
+
+    async def prometheus(self) -> bytes:
+        return await self.actors[control.MONITOR].prometheus.remote()
+
     # -- reporting --------------------------------------------------------------------
 
     def report(self, request: Request, status: int, started: float, wall_start: float) -> None:
         state = request.state
         latency_ms = (time.perf_counter() - started) * 1000
         get = lambda name: getattr(state, name, None)  # noqa: E731
+        status = get("status") or status  # a stream's status is its outcome, not the 200 it began with
         self.audit_reporter.add(
             {
                 "request_id": get("request_id"),
@@ -332,6 +399,8 @@ class Gateway:
                 "text": get("text"),
                 "output": get("output"),
                 "error": get("error"),
+                "metadata": get("metadata"),
+                "trace": get("trace"),
             }
         )
         self.monitor_reporter.add(
@@ -358,134 +427,20 @@ def deployment_statuses() -> dict[str, str]:
     return {name: SERVE_STATUS.get(d.status.value, "unknown") for name, d in application.deployments.items()}
 
 
-def note(request: Request, **fields: Any) -> None:
-    """Remember facts about this request for its audit record and monitor outcome."""
-    for name, value in fields.items():
-        setattr(request.state, name, value)
+@serve.ingress()
+class Ingress:
+    """The Serve ingress: one Gateway per replica, and the app built over it at replica start."""
+
+    def __init__(self, config: dict, storage_uri: str, agents: dict[str, dict[str, DeploymentHandle]]):
+        self.gateway = Gateway(config, storage_uri, agents)
+
+    def __serve_build_asgi_app__(self):
+        from serve.app import create_app
+
+        return create_app(self.gateway)
+
+    def check_health(self) -> None:
+        self.gateway.check_health()
 
 
-# -- middleware: request id, body limit, outcome reporting ------------------------------
-
-
-@app.middleware("http")
-async def _request_envelope(request: Request, call_next) -> Response:
-    gate = current_gateway()
-    gate._ensure_background()
-    started, wall_start = time.perf_counter(), time.time()
-    incoming = request.headers.get("x-request-id", "")
-    request.state.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
-    try:
-        check_body_size(request, gate.config.limits.max_body_bytes)
-        treat_body_as_json(request)
-        response = await call_next(request)
-    except Exception as error:  # includes errors raised while the body streams in
-        baton_error = to_baton_error(error)
-        request.state.error = f"{baton_error.code}: {baton_error.message}"
-        response = error_response(baton_error, request.state.request_id)
-    if not incoming:
-        # Behind the Serve proxy the header always arrives (and is echoed by the proxy).
-        response.headers["X-Request-ID"] = request.state.request_id
-    if not request.url.path.startswith(UNAUDITED):
-        gate.report(request, response.status_code, started, wall_start)
-    return response
-
-
-def treat_body_as_json(request: Request) -> None:
-    """Every body here is JSON: a client that forgot the header (curl -d sends a form type)
-    is read as JSON rather than told its body is not an object."""
-    content_type = request.headers.get("content-type", "")
-    if request.method in ("POST", "PUT") and "json" not in content_type and not content_type.startswith("multipart/"):
-        headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
-        request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
-
-
-def check_body_size(request: Request, limit: int) -> None:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
-
-
-# -- endpoints -------------------------------------------------------------------------
-
-
-@app.get("/healthz", summary="Liveness: 200 once the application can serve.")
-async def healthz() -> dict:
-    return {"status": "ok"}
-
-
-@app.get("/v1/agents", summary="The agents, their kinds and version weights.")
-async def list_agents(_: Principal = Depends(require("invoke")), gate=Depends(ingress)) -> dict:
-    return await gate.agents_view()
-
-
-@app.post("/v1/route", summary="Route a request to the right agent and run it.")
-async def route(
-    request: Request, body: RouteBody, _: Principal = Depends(require("invoke")), gate=Depends(ingress)
-) -> dict:
-    note(request, text=body.text)
-    started = time.perf_counter()
-    response = await gate.route(request, body)
-    response["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
-    return response
-
-
-@app.post("/v1/agents/{name}/invoke", summary="Invoke one agent directly.")
-async def invoke(
-    request: Request, name: str, body: InvokeBody, _: Principal = Depends(require("invoke")), gate=Depends(ingress)
-) -> dict:
-    note(request, text=body.text)
-    started = time.perf_counter()
-    response = await gate.invoke(request, name, body)
-    response["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
-    return response
-
-
-@app.get("/v1/admin/stats", summary="Per agent and version: counts, errors, latency quantiles, labels.")
-async def stats(_: Principal = Depends(require("admin")), gate=Depends(ingress)) -> dict:
-    return await gate.actors[control.MONITOR].stats.remote()
-
-
-@app.put("/v1/admin/agents/{name}/traffic", summary="Change an agent's version weights at run time.")
-async def set_traffic(
-    request: Request, name: str, body: TrafficBody, _: Principal = Depends(require("admin")), gate=Depends(ingress)
-) -> dict:
-    return await gate.set_traffic(request, name, body)
-
-
-@app.post("/v1/admin/keys", status_code=201, summary="Create an API key (shown once; stored hashed).")
-async def create_key(
-    request: Request, body: KeyBody, _: Principal = Depends(require("admin")), gate=Depends(ingress)
-) -> dict:
-    return gate.create_key(request, body)
-
-
-@app.get("/v1/admin/models", summary="Registered models with their versions and aliases.")
-async def list_models(_: Principal = Depends(require("admin")), gate=Depends(ingress)) -> dict:
-    return await gate.models()
-
-
-@app.get("/v1/admin/models/{name}", summary="One model: aliases and every version's manifest.")
-async def show_model(name: str, _: Principal = Depends(require("admin")), gate=Depends(ingress)) -> dict:
-    return await gate.models(name)
-
-
-@app.get("/v1/admin/audit", summary="Audit records, newest last.")
-async def audit(
-    since: datetime | None = Query(None, description="ISO 8601; records at or after it."),
-    agent: str | None = Query(None, max_length=64, description="Only this agent's records."),
-    limit: int = Query(100, ge=1, description="Most records to return (newest)."),
-    _: Principal = Depends(require("admin")),
-    gate=Depends(ingress),
-) -> dict:
-    return await gate.audit(since, agent, limit)
-
-
-@app.get("/metrics", summary="Prometheus metrics.")
-async def metrics(request: Request, gate=Depends(ingress)) -> Response:
-    if not gate.config.auth.anonymous_metrics:
-        gate.authorize(request, "admin")
-    payload = await gate.actors[control.MONITOR].prometheus.remote()
-    return Response(payload, media_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-Ingress = serve.deployment(serve.ingress(app)(Gateway))
+Ingress = serve.deployment(Ingress)

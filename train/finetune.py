@@ -37,7 +37,7 @@ STATE_FILE = "train_state.pt"
 def resolve_base_model(base_model: str | None, storage_uri: str) -> str:
     """A local directory for the base checkpoint: the packaged MiniLM, a path, or a registry ref."""
     if base_model is None:
-        from actors.router import default_embedding_model_path
+        from actors.embedding import default_embedding_model_path
 
         return default_embedding_model_path()
     if base_model.startswith("registry://"):

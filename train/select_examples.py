@@ -14,7 +14,7 @@ from collections import defaultdict
 import numpy as np
 import yaml
 
-from actors.router import Embedder
+from actors.embedding import Embedder
 
 
 def medoid_order(vectors: np.ndarray) -> np.ndarray:

@@ -1,14 +1,16 @@
-"""The Specialist interface: validated params, lazy load, batched predict, describe."""
+"""The Specialist interface: validated params, lazy load, batched predict, the declared
+monitoring signals of a result, a stream for one invocation, describe."""
 
 from __future__ import annotations
 
 import abc
 import threading
 from importlib.metadata import version
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from actors.invocation import Invocation, Result, StreamItem
 from cluster.errors import ValidationFailed
 
 
@@ -44,6 +46,8 @@ class Specialist(abc.ABC):
     Params: ClassVar[type[BaseModel]] = NoParams
     Options: ClassVar[type[BaseModel]] = NoOptions
     batchable: ClassVar[bool] = False
+    # True for agents whose stream() yields Chunks before the Result (LLMs).
+    streams: ClassVar[bool] = False
 
     def __init__(self, params: dict | None = None):
         self.params = self.Params.model_validate(params or {})
@@ -75,6 +79,21 @@ class Specialist(abc.ABC):
         parsed = [self.validate_options(item) for item in options or [None] * len(texts)]
         self.load()
         return self._predict(texts, parsed) if texts else []
+
+    def signals(self, output: dict) -> tuple[str | None, float | None]:
+        """(label, score) this output declares for monitoring; None where it has none."""
+        return None, None
+
+    def result(self, output: dict) -> Result:
+        """An output wrapped with its declared signals."""
+        label, score = self.signals(output)
+        return Result(output=output, label=label, score=score)
+
+    def stream(self, invocation: Invocation) -> Iterator[StreamItem]:
+        """Run one invocation. A specialist that streams yields Chunks first; every stream
+        ends with one Result (a BatonError raised here becomes the caller's Failure)."""
+        output = self.predict([invocation.input_text], [invocation.options])[0]
+        yield self.result(output)
 
     def describe(self) -> dict:
         """What this specialist runs: kind, model (package and version), params, and extras."""

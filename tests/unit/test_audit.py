@@ -53,6 +53,7 @@ def test_round_trip_keeps_every_field_and_type(storage, writer):
     full = record(
         "r-1", principal="key-7", version="v2", routed_by="router", confidence=0.91, status_code=200,
         latency_ms=12.5, text=text, output={"label": "POSITIVE", "scores": {"POSITIVE": 0.97}}, error=None,
+        metadata={"channel": "call 555-0100"}, trace=[{"step": "sentiment", "status": "ok"}],
     )
     assert writer.write([full]) == 1
     assert writer.flush() == 1
@@ -64,6 +65,7 @@ def test_round_trip_keeps_every_field_and_type(storage, writer):
         "latency_ms": 12.5, "input_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
         "input_chars": len(text), "input_text": "call me at ###-#### ✓",
         "output": json.dumps({"label": "POSITIVE", "scores": {"POSITIVE": 0.97}}, sort_keys=True), "error": None,
+        "metadata": json.dumps({"channel": "call ###-####"}), "trace": json.dumps([{"status": "ok", "step": "sentiment"}]),
     }
     [path] = audit_files(storage)
     assert ds.dataset(path, format="parquet").schema.equals(AUDIT_SCHEMA)

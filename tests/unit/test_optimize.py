@@ -12,7 +12,7 @@ import torch
 
 import train.optimize as optimize
 
-from actors.router import default_embedding_model_path
+from actors.embedding import default_embedding_model_path
 from cluster.errors import ConfigError, NotFound
 from cluster.registry import ModelRegistry
 from cluster.storage import Storage

@@ -1,11 +1,13 @@
-"""SemanticRouter, SessionStore and the routing evaluation, on the real MiniLM embeddings."""
+"""SemanticRouter with the shared session store, and the routing evaluation, on the real MiniLM embeddings."""
 
 from __future__ import annotations
 
 import pytest
 
-from actors.router import Embedder, SemanticRouter, SessionStore
+from actors.embedding import Embedder
+from actors.router import SemanticRouter
 from actors.routing_eval import evaluate_router
+from actors.sessions import SessionLimits, SqliteSessionStore
 from cluster.config import AgentSettings, RouterSettings
 from cluster.errors import NotFound
 
@@ -42,9 +44,9 @@ class FakeClock:
         return self.now
 
 
-def make_router(embed, clock=None, **settings) -> SemanticRouter:
+def make_router(embed, **settings) -> SemanticRouter:
     base = {"threshold": 0.5, "calibration": {"midpoint": 0.35, "temperature": 0.05}}
-    return SemanticRouter(AGENTS, RouterSettings.model_validate({**base, **settings}), embed, clock=clock or FakeClock())
+    return SemanticRouter(AGENTS, RouterSettings.model_validate({**base, **settings}), embed)
 
 
 def test_routes_by_meaning_with_calibrated_confidence(embed):
@@ -70,28 +72,30 @@ def test_direct_agent_and_unknown_agent(embed):
         router.decide("anything", agent="ghost")
 
 
-def test_short_follow_up_stays_in_session_until_ttl(embed):
+def routed_in_session(router, store, text: str):
+    """What the ingress does per request: route with the session's agent, then remember it."""
+    decision = router.decide(text, session_agent=store.last_agent("u", "s"))
+    if decision.agent is not None:
+        store.append("u", "s", decision.agent, [{"role": "user", "content": text}])
+    return decision
+
+
+def test_short_follow_up_stays_in_session_until_ttl(embed, tmp_path):
     clock = FakeClock()
-    router = make_router(embed, clock=clock, session={"ttl_s": 60, "short_followup_words": 3})
-    assert router.decide("what's my account balance please", session_id="s").agent == "banking"
-    follow = router.decide("and tomorrow?", session_id="s")
+    store = SqliteSessionStore(tmp_path / "s.sqlite3", SessionLimits(ttl_s=60), clock=clock)
+    router = make_router(embed, session={"ttl_s": 60, "short_followup_words": 3})
+    assert routed_in_session(router, store, "what's my account balance please").agent == "banking"
+    follow = routed_in_session(router, store, "and tomorrow?")
     assert (follow.agent, follow.routed_by) == ("banking", "session")
-    clock.now = 61
-    assert router.decide("and tomorrow?", session_id="s").routed_by != "session"
+    clock.now = 61 + 61
+    assert routed_in_session(router, store, "and tomorrow?").routed_by != "session"
 
 
-def test_confident_long_request_leaves_the_session(embed):
-    router = make_router(embed)
-    router.decide("transfer 50 dollars to my savings account", session_id="s")
-    switched = router.decide("will it rain or snow in Berlin this weekend", session_id="s")
+def test_confident_long_request_leaves_the_session(embed, tmp_path):
+    router, store = make_router(embed), SqliteSessionStore(tmp_path / "s.sqlite3")
+    routed_in_session(router, store, "transfer 50 dollars to my savings account")
+    switched = routed_in_session(router, store, "will it rain or snow in Berlin this weekend")
     assert (switched.agent, switched.routed_by) == ("weather", "router")
-
-
-def test_session_store_evicts_oldest():
-    store = SessionStore(ttl_s=100, max_sessions=2, clock=FakeClock())
-    for session in ("a", "b", "c"):
-        store.remember(session, "x")
-    assert store.get("a") is None and store.get("c") == "x"
 
 
 def test_evaluate_router_counts_accuracy_rejection_and_oos(embed):

@@ -1,0 +1,380 @@
+"""The HTTP surface (API.md) as a FastAPI app built over one Gateway: routes, the request
+envelope (request id, body limit, reporting), the error handlers, Server-Sent Events and the
+OpenAI-compatible chat door. ``create_app`` is called once per ingress replica.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from actors.dispatcher import Called
+from actors.invocation import Chunk
+from cluster.errors import BatonError, NotFound, PayloadTooLarge
+from cluster.keys import Principal
+from serve.docs import mount_offline_docs
+from serve.http_errors import error_response, to_baton_error
+from serve.ingress import Gateway, note, request_id_of
+from serve.schemas import ChatBody, InvokeBody, KeyBody, RouteBody, TrafficBody
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+UNAUDITED = ("/healthz", "/metrics", "/docs", "/openapi.json", "/redoc")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(..., description="Machine-readable error code (API.md §1).")
+    message: str = Field(..., description="What went wrong and why, naming the field.")
+    request_id: str = Field(..., description="The request's X-Request-ID.")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+_ERROR_TEXT = {
+    400: "Body is not JSON, or not an object.",
+    401: "API key missing or unknown.",
+    403: "Key valid, role insufficient.",
+    404: "Unknown agent, version, model or pipeline.",
+    409: "Conflict with the current state.",
+    413: "Body or document over the configured limit.",
+    415: "Unsupported media type.",
+    422: "JSON fine, fields wrong.",
+    429: "Rate limited; see Retry-After.",
+    500: "A bug in baton.",
+    503: "Overloaded or agent not ready; see Retry-After.",
+}
+# Any authenticated endpoint can meet any of these (a rate limit, a full queue, a bad body).
+_COMMON = (400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503)
+_ERROR_TEXT[405] = "Method not allowed on this endpoint."
+
+
+def documented_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorBody, "description": _ERROR_TEXT[status]} for status in statuses or _COMMON}
+
+
+SSE_RESPONSE = {"content": {"text/event-stream": {}}, "description": "With stream=true: chunk events, then one result or error event."}
+
+
+def sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def create_app(gate: Gateway) -> FastAPI:
+    app = FastAPI(
+        title="baton",
+        description="One front door to many specialist models, on Ray Serve.",
+        version="0.1.0",
+        docs_url=None,
+        redoc_url=None,
+        responses=documented_errors(),
+    )
+    mount_offline_docs(app)
+
+    def require(role: str):
+        async def dependency(request: Request) -> Principal:
+            return gate.authorize(request, role)
+
+        return dependency
+
+    invoke_key = Depends(require("invoke"))
+    admin_key = Depends(require("admin"))
+
+    @app.exception_handler(BatonError)
+    @app.exception_handler(RequestValidationError)
+    @app.exception_handler(StarletteHTTPException)
+    async def _handle_error(request: Request, error: Exception) -> JSONResponse:
+        baton_error = to_baton_error(error)
+        request.state.error = f"{baton_error.code}: {baton_error.message}"
+        return error_response(baton_error, request_id_of(request))
+
+    @app.middleware("http")
+    async def _request_envelope(request: Request, call_next) -> Response:
+        gate.ensure_background()
+        started, wall_start = time.perf_counter(), time.time()
+        incoming = request.headers.get("x-request-id", "")
+        request.state.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        try:
+            check_body_size(request, gate.config.limits.max_body_bytes)
+            treat_body_as_json(request)
+            response = await call_next(request)
+        except Exception as error:  # includes errors raised while the body streams in
+            baton_error = to_baton_error(error)
+            request.state.error = f"{baton_error.code}: {baton_error.message}"
+            response = error_response(baton_error, request.state.request_id)
+        if not incoming:
+            # Behind the Serve proxy the header always arrives (and is echoed by the proxy).
+            response.headers["X-Request-ID"] = request.state.request_id
+        if request.url.path.startswith(UNAUDITED):
+            return response
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            response.body_iterator = _report_after(response.body_iterator, gate, request, response.status_code, started, wall_start)
+        else:
+            gate.report(request, response.status_code, started, wall_start)
+        return response
+
+    @app.get("/healthz", summary="Liveness: 200 once the application can serve.", responses=documented_errors(500))
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/agents", summary="The agents, their kinds and version weights.")
+    async def list_agents(_: Principal = invoke_key) -> dict:
+        return await gate.agents_view()
+
+    @app.post("/v1/route", summary="Route a request to the right agent and run it.", responses={200: SSE_RESPONSE})
+    async def route(request: Request, body: RouteBody, _: Principal = invoke_key) -> Any:
+        started = time.perf_counter()
+        invocation = gate.invocation(request, body)
+        decision = await gate.decide(request, body, invocation)
+        response = {"request_id": request_id_of(request), **decision.as_dict(), "version": None, "result": None}
+        if decision.agent is None or body.dry_run:
+            if decision.agent is not None:
+                response["version"] = gate.pick(request, decision.agent, invocation)
+            return finish(response, started)
+        version = gate.pick(request, decision.agent, invocation)
+        response["version"] = version
+        if body.stream:
+            return await stream_response(gate, request, decision.agent, version, invocation, response, started)
+        called = await gate.run(request, decision.agent, version, invocation)
+        return finish(with_result(response, called), started)
+
+    @app.post("/v1/agents/{name}/invoke", summary="Invoke one agent directly.", responses={200: SSE_RESPONSE})
+    async def invoke(request: Request, name: str, body: InvokeBody, _: Principal = invoke_key) -> Any:
+        started = time.perf_counter()
+        invocation = gate.invocation(request, body)
+        gate.known(name)
+        note(request, agent=name, routed_by="direct")
+        version = gate.pick(request, name, invocation)
+        response = {"request_id": request_id_of(request), "agent": name, "version": version}
+        if body.stream:
+            return await stream_response(gate, request, name, version, invocation, response, started)
+        called = await gate.run(request, name, version, invocation)
+        return finish(with_result(response, called), started)
+
+    @app.get("/v1/pipelines", summary="The pipelines and their steps.")
+    async def list_pipelines(_: Principal = invoke_key) -> dict:
+        return gate.pipelines_view()
+
+    @app.post("/v1/pipelines/{name}", summary="Run a pipeline by name.", responses={200: SSE_RESPONSE})
+    async def run_pipeline(request: Request, name: str, body: InvokeBody, _: Principal = invoke_key) -> Any:
+        started = time.perf_counter()
+        invocation = gate.invocation(request, body)
+        if name not in gate.pipeline_names():
+            raise NotFound(f"pipeline {name!r} does not exist (pipelines: {gate.pipeline_names()})")
+        note(request, agent=name, routed_by="direct", version="v1")
+        response = {"request_id": request_id_of(request), "pipeline": name}
+        if body.stream:
+            return await stream_response(gate, request, name, "v1", invocation, response, started)
+        called = await gate.run(request, name, "v1", invocation)
+        return finish(with_result(response, called), started)
+
+    @app.get("/v1/models", summary="Agents and pipelines that accept chat (OpenAI protocol).")
+    async def list_models_openai(_: Principal = invoke_key) -> dict:
+        return gate.models_view()
+
+    @app.post(
+        "/v1/chat/completions",
+        summary="OpenAI-compatible chat completions; model = an agent or pipeline.",
+        responses={200: {"content": {"text/event-stream": {}}, "description": "With stream=true: chat.completion.chunk events, then [DONE]."}},
+    )
+    async def chat_completions(request: Request, body: ChatBody, _: Principal = invoke_key) -> Any:
+        invocation = gate.chat_invocation(request, body)
+        version = gate.pick(request, body.model, invocation)
+        if body.stream:
+            return await chat_stream(gate, request, body.model, version, invocation)
+        called = await gate.run(request, body.model, version, invocation)
+        return chat_completion(request_id_of(request), body.model, called)
+
+    @app.get("/v1/admin/stats", summary="Per agent and version: counts, errors, latency quantiles, labels.")
+    async def stats(_: Principal = admin_key) -> dict:
+        return await gate.stats()
+
+    @app.put("/v1/admin/agents/{name}/traffic", summary="Change an agent's version weights at run time.")
+    async def set_traffic(request: Request, name: str, body: TrafficBody, _: Principal = admin_key) -> dict:
+        return await gate.set_traffic(request, name, body)
+
+    @app.post("/v1/admin/keys", status_code=201, summary="Create an API key (shown once; stored hashed).")
+    async def create_key(request: Request, body: KeyBody, _: Principal = admin_key) -> dict:
+        return gate.create_key(request, body)
+
+    @app.get("/v1/admin/models", summary="Registered models with their versions and aliases.")
+    async def list_models(_: Principal = admin_key) -> dict:
+        return await gate.models()
+
+    @app.get("/v1/admin/models/{name}", summary="One model: aliases and every version's manifest.")
+    async def show_model(name: str, _: Principal = admin_key) -> dict:
+        return await gate.models(name)
+
+    @app.get("/v1/admin/audit", summary="Audit records, newest last.")
+    async def audit(
+        since: datetime | None = Query(None, description="ISO 8601; records at or after it."),
+        agent: str | None = Query(None, max_length=64, description="Only this agent's records."),
+        limit: int = Query(100, ge=1, le=100_000, description="Most records to return (newest)."),
+        _: Principal = admin_key,
+    ) -> dict:
+        return await gate.audit(since, agent, limit)
+
+    @app.get("/metrics", summary="Prometheus metrics.", responses={200: {"content": {"text/plain": {}}}})
+    async def metrics(request: Request) -> Response:
+        if not gate.config.auth.anonymous_metrics:
+            gate.authorize(request, "admin")
+        payload = await gate.prometheus()
+        return Response(payload, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def finish(response: dict, started: float) -> dict:
+    response["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    return response
+
+
+def with_result(response: dict, called: Called) -> dict:
+    response["result"] = called.result.output
+    if called.result.trace is not None:
+        response["trace"] = called.result.trace
+    return response
+
+
+async def _first(items: AsyncIterator) -> Any:
+    return await items.__anext__()
+
+
+async def stream_response(
+    gate: Gateway, request: Request, agent: str, version: str, invocation, response: dict, started: float
+) -> Response:
+    """SSE: ``chunk`` events, then one ``result`` (the whole body) or ``error`` event. The
+    status is committed only after the first item: an agent failing at once gets a plain error."""
+    items = gate.stream(request, agent, version, invocation).__aiter__()
+    first = await _first(items)
+    if isinstance(first, Called) and not first.ok:
+        raise first.error
+
+    async def events() -> AsyncIterator[bytes]:
+        item = first
+        while True:
+            if isinstance(item, Chunk):
+                yield sse("chunk", {"text": item.text})
+            elif item.ok:
+                yield sse("result", finish(with_result(dict(response), item), started))
+                return
+            else:
+                yield sse("error", {"error": {**item.error.as_dict(), "request_id": response["request_id"]}})
+                return
+            item = await items.__anext__()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "stop": "stop", "max_tokens": "length", "length": "length"}
+
+
+def chat_content(called: Called) -> str:
+    output = called.result.output
+    if isinstance(output, dict) and isinstance(output.get("text"), str):
+        return output["text"]
+    return json.dumps(output, ensure_ascii=False)
+
+
+def chat_usage(called: Called) -> dict:
+    usage = called.result.usage or (called.result.output.get("usage") if isinstance(called.result.output, dict) else None) or {}
+    prompt, completion = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def finish_reason(called: Called) -> str:
+    output = called.result.output
+    stop = output.get("stop_reason") if isinstance(output, dict) else None
+    return _FINISH.get(stop, "stop")
+
+
+def chat_completion(request_id: str, model: str, called: Called) -> dict:
+    return {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": chat_content(called)}, "finish_reason": finish_reason(called)}
+        ],
+        "usage": chat_usage(called),
+    }
+
+
+def _chunk(request_id: str, model: str, delta: dict, reason: str | None = None, usage: dict | None = None) -> bytes:
+    body = {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+
+
+async def chat_stream(gate: Gateway, request: Request, model: str, version: str, invocation) -> Response:
+    """The OpenAI streaming protocol: a role delta, content deltas, a closing chunk with the
+    finish reason and usage, then ``data: [DONE]``; a failure after the start is an error chunk."""
+    request_id = request_id_of(request)
+    items = gate.stream(request, model, version, invocation).__aiter__()
+    first = await _first(items)
+    if isinstance(first, Called) and not first.ok:
+        raise first.error
+
+    async def events() -> AsyncIterator[bytes]:
+        yield _chunk(request_id, model, {"role": "assistant", "content": ""})
+        item, streamed = first, False
+        while True:
+            if isinstance(item, Chunk):
+                streamed = True
+                yield _chunk(request_id, model, {"content": item.text})
+            elif item.ok:
+                if not streamed:
+                    yield _chunk(request_id, model, {"content": chat_content(item)})
+                yield _chunk(request_id, model, {}, finish_reason(item), chat_usage(item))
+                break
+            else:
+                error = {**item.error.as_dict(), "request_id": request_id}
+                yield f"data: {json.dumps({'error': error})}\n\n".encode()
+                break
+            item = await items.__anext__()
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _report_after(body: AsyncIterator[bytes], gate: Gateway, request: Request, status: int, started: float, wall_start: float):
+    """A stream is reported when it ends, so the record has its outcome and full latency."""
+    try:
+        async for part in body:
+            yield part
+    finally:
+        gate.report(request, status, started, wall_start)
+
+
+def treat_body_as_json(request: Request) -> None:
+    """Every body here is JSON: a client that forgot the header (curl -d sends a form type)
+    is read as JSON rather than told its body is not an object."""
+    content_type = request.headers.get("content-type", "")
+    if request.method in ("POST", "PUT") and "json" not in content_type and not content_type.startswith("multipart/"):
+        headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+        request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
+
+
+def check_body_size(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
