@@ -156,13 +156,14 @@ class Supervisor(Composite):
         return merged(list(zip(members, called)))
 
 
-_QUOTED = re.compile(r"[\"“„«']([^\"”“«»']{3,})[\"”“»']")
+# Double and typographic quotes anywhere; single quotes only where they are not apostrophes.
+_QUOTED = re.compile(r"[\"“„«]([^\"”“«»]{3,})[\"”“»]|(?<![\w])'([^']{3,})'(?![\w])")
 
 
 def payload_text(text: str) -> str:
     """The part of a request the team should work on: a quoted passage when the request
     wraps one in instructions ("What language is this? 'Gestern hat…'"), else the whole text."""
-    quoted = [match.group(1).strip() for match in _QUOTED.finditer(text)]
+    quoted = [(match.group(1) or match.group(2)).strip() for match in _QUOTED.finditer(text)]
     quoted = [q for q in quoted if len(q.split()) >= 2]
     return max(quoted, key=len) if quoted else text
 
