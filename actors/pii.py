@@ -6,11 +6,12 @@ Used by the `entities` and `pii` specialists and by the audit log before it writ
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Literal, get_args
 
 PATTERN_TYPES = ("EMAIL", "PHONE", "URL", "IP_ADDRESS", "CREDIT_CARD", "IBAN")
 NER_TYPES = ("PERSON", "ORGANIZATION", "LOCATION", "DATE", "MONEY", "QUANTITY")
@@ -224,15 +225,36 @@ def merge_entities(preferred: list[Entity], others: list[Entity]) -> list[Entity
     return _by_start([*preferred, *(entity for entity in others if not _overlaps(entity, preferred))])
 
 
-def redact(text: str, entities: Iterable[Entity]) -> str:
-    """Replace each entity span by "[TYPE]", working right to left so offsets stay valid."""
+RedactionStyle = Literal["type", "mask", "hash"]
+REDACTION_STYLES: tuple[RedactionStyle, ...] = get_args(RedactionStyle)
+
+
+def _placeholder(span: str, kind: str, style: RedactionStyle, salt: str) -> str:
+    if style == "type":
+        return f"[{kind}]"
+    if style == "mask":
+        return "*" * len(span)
+    if style == "hash":
+        # Salted, so equal values stay linkable within one deployment without being a lookup key elsewhere.
+        return f"[{kind}:{hashlib.sha256((salt + span).encode()).hexdigest()[:8]}]"
+    raise ValueError(f"unknown redaction style {style!r}; known: {', '.join(REDACTION_STYLES)}")
+
+
+def redact(text: str, entities: Iterable[Entity], style: RedactionStyle = "type", salt: str = "") -> str:
+    """Replace each entity span, working right to left so offsets stay valid.
+
+    Styles: "type" writes "[TYPE]"; "mask" writes one "*" per character, so offsets into the
+    input hold in the output; "hash" writes "[TYPE:<first 8 hex of sha256(salt + span)>]".
+    """
     redacted = text
     boundary = len(text)
     for entity in sorted(entities, key=lambda e: e["start"], reverse=True):
         # A span overlapping one already replaced would cut into the placeholder.
         if entity["end"] <= boundary:
-            redacted = f"{redacted[: entity['start']]}[{entity['type']}]{redacted[entity['end'] :]}"
-            boundary = entity["start"]
+            start, end = entity["start"], entity["end"]
+            placeholder = _placeholder(text[start:end], entity["type"], style, salt)
+            redacted = f"{redacted[:start]}{placeholder}{redacted[end:]}"
+            boundary = start
     return redacted
 
 

@@ -79,6 +79,10 @@ class ClassifySpecialist(Specialist):
         label_ids = self._classifier.label_ids(probabilities)
         return [self._result(row, int(label_id), option) for row, label_id, option in zip(probabilities, label_ids, options)]
 
+    def signals(self, output: dict) -> tuple[str | None, float | None]:
+        # The chosen label is always among the listed scores, in both output modes.
+        return output["label"], output["scores"][output["label"]]
+
     def _result(self, probabilities: np.ndarray, label_id: int, option: ClassifyOptions) -> dict:
         labels = self._classifier.labels
         if self.params.output == "sentiment":

@@ -89,6 +89,9 @@ class LanguageSpecialist(Specialist):
             builder = builder.with_preloaded_language_models()
         self._detector = builder.build()
 
+    def signals(self, output: dict) -> tuple[str | None, float | None]:
+        return output["language"], output["score"]
+
     def _predict(self, texts: list[str], options: list[Any]) -> list[dict]:
         # The parallel call spreads a batch over lingua's own thread pool.
         batch = self._detector.compute_language_confidence_values_in_parallel(texts)

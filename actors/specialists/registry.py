@@ -5,14 +5,29 @@ from __future__ import annotations
 from actors.specialists.base import Specialist
 from actors.specialists.classify import ClassifySpecialist
 from actors.specialists.echo import EchoSpecialist
+from actors.specialists.embed import EmbedSpecialist
 from actors.specialists.entities import EntitiesSpecialist
+from actors.specialists.keyphrases import KeyphrasesSpecialist
 from actors.specialists.language import LanguageSpecialist
+from actors.specialists.llm import LlmSpecialist
 from actors.specialists.pii import PiiSpecialist
 from actors.specialists.sentiment import SentimentSpecialist
+from actors.specialists.summarize import SummarizeSpecialist
 
 SPECIALISTS: dict[str, type[Specialist]] = {
     cls.kind: cls
-    for cls in (LanguageSpecialist, SentimentSpecialist, EntitiesSpecialist, PiiSpecialist, EchoSpecialist, ClassifySpecialist)
+    for cls in (
+        LanguageSpecialist,
+        SentimentSpecialist,
+        EntitiesSpecialist,
+        PiiSpecialist,
+        EchoSpecialist,
+        ClassifySpecialist,
+        KeyphrasesSpecialist,
+        SummarizeSpecialist,
+        EmbedSpecialist,
+        LlmSpecialist,
+    )
 }
 
 

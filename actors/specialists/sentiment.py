@@ -103,6 +103,9 @@ class SentimentSpecialist(Specialist):
     def _predict(self, texts: list[str], options: list[Any]) -> list[dict]:
         return [self._one(text) for text in texts]
 
+    def signals(self, output: dict) -> tuple[str | None, float | None]:
+        return output["label"], output["scores"][output["label"]]
+
     def _one(self, text: str) -> dict:
         polarity = self._analyzer.polarity_scores(text)
         label = _label(polarity, self.params)

@@ -46,12 +46,14 @@ def pii() -> Specialist:
 
 
 def test_registry_lists_the_default_kinds() -> None:
-    assert set(SPECIALISTS) == {"language", "sentiment", "entities", "pii", "echo", "classify"}
+    assert set(SPECIALISTS) == {
+        "language", "sentiment", "entities", "pii", "echo", "classify", "keyphrases", "summarize", "embed", "llm",
+    }
     assert all(cls.kind == kind for kind, cls in SPECIALISTS.items())
 
 
 def test_unknown_kind_names_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="known: classify, echo, entities, language, pii, sentiment"):
+    with pytest.raises(ValueError, match="known: classify, echo, embed, entities, keyphrases, language, llm, pii, sentiment, summarize"):
         create_specialist("translate")
     with pytest.raises(ValueError, match="translate"):
         validate_params("translate", None)
