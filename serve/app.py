@@ -113,6 +113,8 @@ def create_app(gate: Gateway) -> FastAPI:
             baton_error = to_baton_error(error)
             request.state.error = f"{baton_error.code}: {baton_error.message}"
             response = error_response(baton_error, request.state.request_id)
+        # Which ingress replica answered: shows that sessions and limits hold across replicas.
+        response.headers["X-Served-By"] = gate.replica
         if not incoming:
             # Behind the Serve proxy the header always arrives (and is echoed by the proxy).
             response.headers["X-Request-ID"] = request.state.request_id

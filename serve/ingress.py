@@ -95,6 +95,7 @@ class Gateway:
             self.score,
             llm=LlmRouter(llm, self.config.agents, self.dispatcher) if llm else None,
         )
+        self.replica = serve.get_replica_context().replica_id.unique_id
         self._background: list[asyncio.Task] = []
         self._statuses: tuple[float, dict[str, str]] = (float("-inf"), {})
 

@@ -51,11 +51,47 @@ def storage_uri(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def test_config(storage_uri):
+def openai_server():
+    """Test double of an OpenAI-compatible LLM server on 127.0.0.1 (see tests/unit/llm_doubles.py)."""
+    from tests.unit.llm_doubles import OpenAIServerDouble
+
+    with OpenAIServerDouble() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """Test double of a local LLM: a tiny randomly initialised GPT-2 saved to a temporary path."""
+    from tests.unit.llm_doubles import build_tiny_gpt2
+
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"), context_tokens=256)
+
+
+def llm_agent(name: str, description: str, params: dict):
+    from actors.specialists.registry import validate_params
+    from cluster.config import AgentSettings
+
+    validate_params("llm", params)
+    version = {"version": "v1", "weight": 100, "params": params, "resources": {"num_cpus": 0.1}, "autoscaling": {"min_replicas": 1, "max_replicas": 1}}
+    return AgentSettings(name=name, kind="llm", description=description, versions=[version])
+
+
+@pytest.fixture(scope="session")
+def test_config(storage_uri, openai_server, tiny_gpt2):
+    """configs/test.yaml on a temporary storage URI, plus two LLM agents whose models are test
+    doubles: ``writer`` on the loopback OpenAI server, ``local-writer`` on the tiny GPT-2."""
     from serve.builder import load
 
     config = load(TEST_CONFIG)
-    return config.model_copy(update={"storage": storage_uri})
+    writer = llm_agent(
+        "writer", "Drafts replies and answers questions in prose (a chat LLM).",
+        {"provider": "openai", "model": "test-double", "base_url": openai_server.base_url, "max_retries": 0, "system_prompt": "Be brief."},
+    )
+    local = llm_agent(
+        "local-writer", "A small local language model that writes text.",
+        {"provider": "local", "model": str(tiny_gpt2), "device": "cpu", "torch_threads": 1, "max_tokens": 12, "temperature": 0},
+    )
+    return config.model_copy(update={"storage": storage_uri, "agents": [*config.agents, writer, local]})
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,8 @@ def test_healthz_needs_no_key_and_has_request_id(baton_url):
 
 def test_agents_lists_kinds_versions_and_weights(client):
     agents = {a["name"]: a for a in client.get("/v1/agents").json()["agents"]}
-    assert set(agents) == {"language", "sentiment", "entities", "tight"}
+    assert set(agents) == {"language", "sentiment", "entities", "tight", "pii", "keyphrases", "summarize", "embed", "analyst", "writer", "local-writer"}
+    assert (agents["analyst"]["kind"], agents["analyst"]["team"]) == ("supervisor", ["language", "sentiment", "entities"])
     assert agents["language"]["kind"] == "language"
     assert {v["version"]: v["weight"] for v in agents["sentiment"]["versions"]}.keys() == {"v1", "v2"}
     assert all(v["status"] == "ready" for v in agents["sentiment"]["versions"])
@@ -167,12 +168,12 @@ def test_422_bad_agent_option_and_bad_weights(client):
 
 
 def test_429_rate_limit_with_retry_after(baton_url, client):
-    # A key with its own limit: 2 at once, then one every 10 s.
+    # A key with its own limit: 2 at once, then one every 10 s (per ingress replica: two here).
     created = client.post("/v1/admin/keys", json={"role": "invoke", "name": "slow", "rate_limit": {"requests_per_s": 0.1, "burst": 2}})
     assert created.status_code == 201, created.text
     headers = {"Authorization": f"Bearer {created.json()['key']}"}
     with httpx.Client(base_url=baton_url, headers=headers, timeout=60) as http:
-        responses = [http.get("/v1/agents") for _ in range(4)]
+        responses = [http.get("/v1/agents") for _ in range(6)]
     assert [r.status_code for r in responses[:2]] == [200, 200]
     limited = next(r for r in responses[2:] if r.status_code == 429)
     assert_error(limited, 429, "rate_limited")
