@@ -116,8 +116,8 @@ class Pipeline(Composite):
         except KeyError:
             error = ValidationFailed(f"pipeline {self.name!r} step {step.name!r}: input {step.input!r} found nothing")
             return Called(step.agent, "none", 0.0, error=error)
-        options = dict(step.options or {})
-        child = invocation.derive(text=as_text(value), options=options)
+        # The caller's options reach every step; a step's own options from config win.
+        child = invocation.derive(text=as_text(value), options={**invocation.options, **(step.options or {})})
         return await self.dispatcher.invoke(step.agent, child)
 
 

@@ -163,6 +163,24 @@ def choose_team(confidences: dict[str, float], threshold: float, k: int) -> list
     return chosen or ranked[:1]
 
 
+def team_segments(text: str) -> list[str]:
+    """What a supervisor's router policy scores: the request's instructions (a quoted
+    payload left out), whole and split by :func:`request_segments`."""
+    from actors.composition import instructions_text
+
+    return request_segments(instructions_text(text))
+
+
+def choose_from_segments(router: SemanticRouter, segment_scores: np.ndarray, team: Sequence[str], threshold: float, k: int) -> list[str]:
+    """The router policy's team for a request, from its segments' (n_segments, n_agents) scores."""
+    return choose_team(router.team_confidences(segment_scores, team), threshold, k)
+
+
+def choose_for(router: SemanticRouter, text: str, team: Sequence[str], threshold: float, k: int) -> list[str]:
+    """The router policy's team for one request, scored synchronously (offline evaluation)."""
+    return choose_from_segments(router, router.scores(team_segments(text)), team, threshold, k)
+
+
 def build_router(config: OrchestraConfig, storage_uri: str, torch_threads: int | None = None) -> SemanticRouter:
     """The router of an orchestra (models already pinned), with its classifier when configured."""
     classifier = None

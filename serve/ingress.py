@@ -94,6 +94,7 @@ class Gateway:
             RuleSet(self.config.router.rules),
             self.score,
             llm=LlmRouter(llm, self.config.agents, self.dispatcher) if llm else None,
+            supervisors=[a.name for a in self.config.agents if a.supervisor is not None and a.supervisor.policy == "router"],
         )
         self.replica = serve.get_replica_context().replica_id.unique_id
         self._background: list[asyncio.Task] = []

@@ -111,3 +111,18 @@ def test_a_multi_intent_request_reaches_two_team_agents(router):
     confidences = router.team_confidences(router.scores(segments), ["weather", "banking"])
     assert set(choose_team(confidences, 0.5, 3)) == {"weather", "banking"}
     assert choose_team({"a": 0.1, "b": 0.2}, 0.5, 3) == ["b"]
+
+
+def test_a_supervisor_takes_only_requests_that_ask_for_several_things(router):
+    agents = [*AGENTS, AgentSettings(name="both", kind="supervisor", description="several things at once",
+                                     examples=["what's my account balance and will it rain tomorrow"],
+                                     supervisor={"team": ["weather", "banking"]})]
+    settings = RouterSettings.model_validate({"threshold": 0.5, "calibration": {"midpoint": 0.35, "temperature": 0.05}})
+    with_supervisor = SemanticRouter(agents, settings, router.embed)
+
+    async def score(text):
+        return with_supervisor.scores([text])[0]
+
+    routing = RoutingPolicy(with_supervisor, RuleSet([]), score, supervisors=["both"])
+    assert decide(routing, "what's my account balance").agent == "banking"
+    assert decide(routing, "what's my account balance and will it rain tomorrow?").agent == "both"
