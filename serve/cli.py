@@ -205,16 +205,24 @@ def _read_jsonl(path: Path) -> list[dict]:
 def router_eval(
     config_path: Path = typer.Option(..., "--config", "-c", help="Orchestra config whose agents the router knows."),
     data: list[Path] = typer.Option(..., "--data", help="JSON lines with text and label; repeatable."),
-    label_field: str = typer.Option("agent", help="Field naming the expected agent."),
+    label_field: Optional[str] = typer.Option(
+        None, help="Field naming the expected agent (default 'agent'); with --supervisor, a list of agents (default 'agents')."
+    ),
     none_label: Optional[str] = typer.Option(None, help="Label value meaning 'no agent' (null always does)."),
     text_field: str = typer.Option("text", help="Field holding the request text."),
+    supervisor: Optional[str] = typer.Option(
+        None, "--supervisor", help="Evaluate this supervisor's choice of team (router policy): exact-set accuracy, precision, recall."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
-    """In-scope accuracy, out-of-scope recall, in-scope rejection, confusion and latency."""
+    """In-scope accuracy, out-of-scope recall, in-scope rejection, confusion and latency (and,
+    with router.llm, the share of requests that would reach the LLM); with --supervisor, how
+    well a supervisor picks its team for requests that need several agents."""
     from actors.router import build_router
-    from actors.routing_eval import evaluate_router
+    from actors.routing_eval import evaluate_router, evaluate_team, supervisor_chooser
     from serve.builder import pin_models
 
+    label_field = label_field or ("agents" if supervisor else "agent")
     config = _load(config_path)
     storage_uri = resolve_storage_uri(config, Path.cwd())
     config = pin_models(config, storage_uri)
@@ -225,15 +233,32 @@ def router_eval(
     router = build_router(config, storage_uri)
     progress = (lambda it: it) if as_json else (lambda it: track(it, description="routing", console=console))
     try:
-        report = evaluate_router(
-            router, rows, label_field=label_field, none_label=none_label, text_field=text_field, progress=progress
-        )
+        if supervisor is not None:
+            choose, team = supervisor_chooser(router, config, supervisor)
+            report = evaluate_team(choose, rows, team=team, label_field=label_field, text_field=text_field, progress=progress)
+        else:
+            report = evaluate_router(
+                router, rows, label_field=label_field, none_label=none_label, text_field=text_field,
+                progress=progress, llm=_llm_router(config),
+            )
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if as_json:
         print(json.dumps(report.summary()))
         return
-    _print_report(report, router.agent_names)
+    if supervisor is not None:
+        _print_team_report(report, supervisor)
+    else:
+        _print_report(report, router.agent_names)
+
+
+def _llm_router(config: OrchestraConfig):
+    """The config's LLM router, only to ask whether it would be wanted (it is never called here)."""
+    if config.router.llm is None:
+        return None
+    from actors.routing import LlmRouter
+
+    return LlmRouter(config.router.llm, config.agents, dispatcher=None)
 
 
 def _print_report(report, agents: list[str]) -> None:
@@ -242,8 +267,9 @@ def _print_report(report, agents: list[str]) -> None:
     out = Console()
     summary = report.summary()
     metrics = Table("metric", "value", title="router eval")
-    for name in ("n", "in_scope_accuracy", "oos_recall", "in_scope_rejection", "p50_ms", "p95_ms"):
-        metrics.add_row(name, str(summary[name]))
+    for name in ("n", "in_scope_accuracy", "oos_recall", "in_scope_rejection", "llm_share", "p50_ms", "p95_ms"):
+        if name in summary:
+            metrics.add_row(name, str(summary[name]))
     out.print(metrics)
     labels = [*agents, NONE]
     confusion = Table("expected \\ routed", *labels, title="confusion")
@@ -251,6 +277,15 @@ def _print_report(report, agents: list[str]) -> None:
         if any(report.confusion[(expected, got)] for got in labels):
             confusion.add_row(expected, *(str(report.confusion[(expected, got)] or "") for got in labels))
     out.print(confusion)
+
+
+def _print_team_report(report, supervisor: str) -> None:
+    summary = report.summary()
+    metrics = Table("metric", "value", title=f"supervisor {supervisor}")
+    for name in ("exact_set_accuracy", "precision", "recall", "n"):
+        metrics.add_row(name, str(summary[name]))
+    metrics.add_row("p50_ms", str(round(report.p50_ms, 3)))
+    Console().print(metrics)
 
 
 # -- audit ------------------------------------------------------------------------------

@@ -155,6 +155,40 @@ def control_actors(config: OrchestraConfig, storage_uri: str) -> dict[str, ray.a
     }
 
 
+class ControlPlane:
+    """The shared monitor, audit and traffic objects as an ingress replica reaches them:
+    named Ray actors in production, or the same classes in-process (``remote=False``),
+    which is how the ingress is unit-tested without Ray."""
+
+    def __init__(self, monitor: Any, audit: Any, traffic: Any, remote: bool = True):
+        self.monitor, self.audit, self.traffic, self.remote = monitor, audit, traffic, remote
+
+    @classmethod
+    def of_cluster(cls, config: OrchestraConfig, storage_uri: str) -> ControlPlane:
+        actors = control_actors(config, storage_uri)
+        return cls(actors[MONITOR], actors[AUDIT], actors[TRAFFIC])
+
+    @classmethod
+    def in_process(cls, config: OrchestraConfig, storage_uri: str) -> ControlPlane:
+        traffic = TrafficActor(storage_uri, initial_traffic(config), traffic_fingerprint(config))
+        return cls(MonitorActor(config.monitor.window_s), AuditActor(storage_uri, config.audit.model_dump()), traffic, remote=False)
+
+    async def call(self, target: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self.remote:
+            return await getattr(target, method).remote(*args, **kwargs)
+        return getattr(target, method)(*args, **kwargs)
+
+    def call_now(self, target: Any, method: str, *args: Any) -> Any:
+        """A blocking call, for start-up before the event loop serves."""
+        if self.remote:
+            return ray.get(getattr(target, method).remote(*args))
+        return getattr(target, method)(*args)
+
+    def sink(self, target: Any, method: str):
+        """A reporter's sink: the actor method, called with a batch of records."""
+        return getattr(target, method).remote if self.remote else getattr(target, method)
+
+
 def flush_audit() -> int:
     """Write what the audit actor buffers (before a shutdown); 0 if it is not running."""
     try:

@@ -9,24 +9,24 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
 import numpy as np
-import ray
 from fastapi import Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from actors.batching import MicroBatcher
 from actors.composition import LlmLead, Pipeline, Step, Supervisor, instructions_text
-from actors.dispatcher import Called, Dispatcher
+from actors.dispatcher import Called, Dispatcher, Target
 from actors.invocation import Chunk, Invocation
 from actors.ratelimit import RateLimiter
 from actors.reporter import BufferedReporter
-from actors.router import RouteDecision, build_router, choose_team, request_segments
+from actors.router import RouteDecision, SemanticRouter, build_router, choose_team, request_segments
 from actors.routing import LlmRouter, RoutingPolicy, RuleSet
-from actors.sessions import SessionLimits, open_session_store
+from actors.sessions import SessionLimits, SessionStore, open_session_store
 from actors.specialists.registry import SPECIALISTS
 from actors.traffic import TrafficTable
 from cluster.config import OrchestraConfig
@@ -34,7 +34,8 @@ from cluster.errors import BatonError, Forbidden, NotFound, RateLimited, Unautho
 from cluster.keys import KeyStore, Principal
 from cluster.registry import ModelRegistry
 from cluster.storage import Storage
-from serve import control
+from serve import control as control_module
+from serve.control import ControlPlane
 from serve.agent import deployment_name
 from serve.schemas import ChatBody, InvokeBody, KeyBody, RouteBody, TrafficBody
 from serve.targets import ServeTarget
@@ -52,6 +53,18 @@ def request_id_of(request: Request) -> str:
     return getattr(request.state, "request_id", None) or "unknown"
 
 
+def serve_targets(config: OrchestraConfig, handles: dict[str, dict[str, DeploymentHandle]]) -> dict[str, dict[str, Target]]:
+    """Each deployed agent version as a dispatcher target."""
+    targets: dict[str, dict[str, Target]] = {}
+    for agent in config.agents:
+        for version in agent.versions:
+            if version.version in handles.get(agent.name, {}):
+                streams = SPECIALISTS[agent.version_kind(version)].streams
+                where = f"agent {agent.name} {version.version}"
+                targets.setdefault(agent.name, {})[version.version] = ServeTarget(handles[agent.name][version.version], streams, where)
+    return targets
+
+
 def session_limits(config: OrchestraConfig) -> SessionLimits:
     s = config.router.session
     return SessionLimits(
@@ -64,53 +77,63 @@ class Gateway:
     """One ingress replica's state and request logic. Everything per request travels in
     the ``Invocation``; what lives here is shared by all requests of the replica."""
 
-    def __init__(self, config: dict, storage_uri: str, agents: dict[str, dict[str, DeploymentHandle]]):
-        self.config = OrchestraConfig.model_validate(config)
-        self.storage_uri = storage_uri
-        self.keys = KeyStore(Storage(storage_uri), refresh_s=self.config.auth.key_cache_s)
-        self.keys.reload()
-        self.registry = ModelRegistry(Storage(storage_uri))
-        self.limiter = RateLimiter(self.config.auth.rate_limit.requests_per_s, self.config.auth.rate_limit.burst)
-        self.router = build_router(self.config, storage_uri, self.config.ingress.resources.torch_threads)
-        batching = self.config.router.batching
-        self._score_batch.set_max_batch_size(batching.max_batch_size)
-        self._score_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
-        self.sessions = open_session_store(storage_uri, session_limits(self.config))
-        self.actors = control.control_actors(self.config, storage_uri)
-        self.traffic = TrafficTable(control.initial_traffic(self.config))
-        self.traffic_fingerprint = control.traffic_fingerprint(self.config)
-        self._adopt_traffic(
-            ray.get(self.actors[control.TRAFFIC].adopt.remote(control.initial_traffic(self.config), self.traffic_fingerprint))
-        )
-        reporting = self.config.reporter
+    def __init__(
+        self,
+        config: OrchestraConfig,
+        *,
+        keys: KeyStore,
+        registry: ModelRegistry,
+        router: SemanticRouter,
+        sessions: SessionStore,
+        control: ControlPlane,
+        targets: dict[str, dict[str, Target]],
+        replica: str = "local",
+        statuses: Callable[[], dict[str, str]] = dict,
+    ):
+        self.config, self.keys, self.registry, self.router = config, keys, registry, router
+        self.sessions, self.control, self.replica, self._read_statuses = sessions, control, replica, statuses
+        self.limiter = RateLimiter(config.auth.rate_limit.requests_per_s, config.auth.rate_limit.burst)
+        batching = config.router.batching
+        self._scorer = MicroBatcher(router.scores, batching.max_batch_size, batching.batch_wait_timeout_s)
+        self.traffic = TrafficTable(control_module.initial_traffic(config))
+        self.traffic_fingerprint = control_module.traffic_fingerprint(config)
+        self._adopt_traffic(control.call_now(control.traffic, "adopt", control_module.initial_traffic(config), self.traffic_fingerprint))
+        reporting = config.reporter
         kwargs = dict(max_batch=reporting.max_batch, interval_s=reporting.interval_s, max_buffer=reporting.max_buffer)
-        self.monitor_reporter = BufferedReporter(self.actors[control.MONITOR].record.remote, name="monitor", **kwargs)
-        self.audit_reporter = BufferedReporter(self.actors[control.AUDIT].write.remote, name="audit", **kwargs)
-        self.dispatcher = Dispatcher(self._serve_targets(agents), self.traffic, default_timeout_s=self.config.limits.agent_timeout_s)
+        self.monitor_reporter = BufferedReporter(control.sink(control.monitor, "record"), name="monitor", **kwargs)
+        self.audit_reporter = BufferedReporter(control.sink(control.audit, "write"), name="audit", **kwargs)
+        self.dispatcher = Dispatcher(targets, self.traffic, default_timeout_s=config.limits.agent_timeout_s)
         self._add_composites()
-        llm = self.config.router.llm
+        llm = config.router.llm
         self.policy = RoutingPolicy(
-            self.router,
-            RuleSet(self.config.router.rules),
+            router,
+            RuleSet(config.router.rules),
             self.score,
-            llm=LlmRouter(llm, self.config.agents, self.dispatcher) if llm else None,
-            supervisors=[a.name for a in self.config.agents if a.supervisor is not None and a.supervisor.policy == "router"],
+            llm=LlmRouter(llm, config.agents, self.dispatcher) if llm else None,
+            supervisors=[a.name for a in config.agents if a.supervisor is not None and a.supervisor.policy == "router"],
         )
-        self.replica = serve.get_replica_context().replica_id.unique_id
         self._background: list[asyncio.Task] = []
         self._statuses: tuple[float, dict[str, str]] = (float("-inf"), {})
 
-    # -- wiring -----------------------------------------------------------------------
+    @classmethod
+    def for_replica(cls, config: dict, storage_uri: str, handles: dict[str, dict[str, DeploymentHandle]]) -> Gateway:
+        """The Gateway of one Serve ingress replica: Ray actors, Serve handles, the shared stores."""
+        settings = OrchestraConfig.model_validate(config)
+        keys = KeyStore(Storage(storage_uri), refresh_s=settings.auth.key_cache_s)
+        keys.reload()
+        return cls(
+            settings,
+            keys=keys,
+            registry=ModelRegistry(Storage(storage_uri)),
+            router=build_router(settings, storage_uri, settings.ingress.resources.torch_threads),
+            sessions=open_session_store(storage_uri, session_limits(settings)),
+            control=ControlPlane.of_cluster(settings, storage_uri),
+            targets=serve_targets(settings, handles),
+            replica=serve.get_replica_context().replica_id.unique_id,
+            statuses=deployment_statuses,
+        )
 
-    def _serve_targets(self, handles: dict[str, dict[str, DeploymentHandle]]) -> dict[str, dict]:
-        targets: dict[str, dict] = {}
-        for agent in self.config.agents:
-            for version in agent.versions:
-                if agent.name in handles and version.version in handles[agent.name]:
-                    streams = SPECIALISTS[agent.version_kind(version)].streams
-                    where = f"agent {agent.name} {version.version}"
-                    targets.setdefault(agent.name, {})[version.version] = ServeTarget(handles[agent.name][version.version], streams, where)
-        return targets
+    # -- wiring -----------------------------------------------------------------------
 
     def _add_composites(self) -> None:
         """Supervisors and pipelines are agents in this process that hold the dispatcher;
@@ -159,7 +182,7 @@ class Gateway:
         while True:
             await asyncio.sleep(1.0)
             try:
-                self._adopt_traffic(await self.actors[control.TRAFFIC].snapshot.remote())
+                self._adopt_traffic(await self.control.call(self.control.traffic, "snapshot"))
             except Exception:  # the actor restarts by itself; keep the last known weights
                 logger.warning("traffic table unreachable; keeping generation %s", self.traffic.generation)
 
@@ -194,13 +217,9 @@ class Gateway:
 
     # -- request path -----------------------------------------------------------------
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def _score_batch(self, texts: list[str]) -> list:
-        return list(await asyncio.to_thread(self.router.scores, texts))
-
     async def score(self, text: str) -> np.ndarray:
         """The router's confidences for one text, batched with concurrent requests."""
-        return await self._score_batch(text)
+        return await self._scorer.submit(text)
 
     def check_input(self, text: str, options: dict) -> None:
         limit = self.config.limits.max_text_chars
@@ -310,7 +329,7 @@ class Gateway:
     async def agents_view(self) -> dict:
         # Serve's status is a controller round trip: refresh it at most every 2 s.
         if time.monotonic() - self._statuses[0] > 2.0:
-            self._statuses = (time.monotonic(), await asyncio.to_thread(deployment_statuses))
+            self._statuses = (time.monotonic(), await asyncio.to_thread(self._read_statuses))
         statuses = self._statuses[1]
         agents = []
         for agent in self.config.agents:
@@ -344,7 +363,7 @@ class Gateway:
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "baton"} for name in names]}
 
     async def set_traffic(self, request: Request, name: str, body: TrafficBody) -> dict:
-        change = await self.actors[control.TRAFFIC].set_weights.remote(name, body.weights, body.sticky)
+        change = await self.control.call(self.control.traffic, "set_weights", name, body.weights, body.sticky)
         self._adopt_traffic(change["snapshot"])
         note(request, agent=name, endpoint="admin.traffic.set", output={"before": change["before"], "after": change["after"]})
         return {"agent": name, **change["after"]}
@@ -370,14 +389,14 @@ class Gateway:
     async def audit(self, since: datetime | None, agent: str | None, limit: int) -> dict:
         if limit > self.config.limits.audit_query_max:
             raise ValidationFailed(f"limit: must be at most {self.config.limits.audit_query_max}, got {limit}")
-        records = await self.actors[control.AUDIT].query.remote(since=since, agent=agent, limit=limit)
+        records = await self.control.call(self.control.audit, "query", since=since, agent=agent, limit=limit)
         return {"records": records}
 
     async def stats(self) -> dict:
-        return await self.actors[control.MONITOR].stats.remote()
+        return await self.control.call(self.control.monitor, "stats")
 
     async def prometheus(self) -> bytes:
-        return await self.actors[control.MONITOR].prometheus.remote()
+        return await self.control.call(self.control.monitor, "prometheus")
 
     # -- reporting --------------------------------------------------------------------
 
@@ -434,7 +453,7 @@ class Ingress:
     """The Serve ingress: one Gateway per replica, and the app built over it at replica start."""
 
     def __init__(self, config: dict, storage_uri: str, agents: dict[str, dict[str, DeploymentHandle]]):
-        self.gateway = Gateway(config, storage_uri, agents)
+        self.gateway = Gateway.for_replica(config, storage_uri, agents)
 
     def __serve_build_asgi_app__(self):
         from serve.app import create_app
