@@ -30,7 +30,7 @@ from actors.sessions import SessionLimits, SessionStore, open_session_store
 from actors.specialists.registry import SPECIALISTS
 from actors.traffic import TrafficTable
 from cluster.config import OrchestraConfig
-from cluster.errors import BatonError, Forbidden, NotFound, RateLimited, Unauthorized, ValidationFailed
+from cluster.errors import Forbidden, NotFound, RateLimited, Unauthorized, ValidationFailed
 from cluster.keys import KeyStore, Principal
 from cluster.registry import ModelRegistry
 from cluster.storage import Storage

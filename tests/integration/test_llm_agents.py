@@ -5,7 +5,6 @@ The models are test doubles: a loopback OpenAI server and a tiny random GPT-2.""
 
 from __future__ import annotations
 
-import httpx
 import openai
 import pytest
 
