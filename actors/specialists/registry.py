@@ -7,12 +7,14 @@ from actors.specialists.classify import ClassifySpecialist
 from actors.specialists.echo import EchoSpecialist
 from actors.specialists.embed import EmbedSpecialist
 from actors.specialists.entities import EntitiesSpecialist
+from actors.specialists.incident import IncidentEntitiesSpecialist
 from actors.specialists.keyphrases import KeyphrasesSpecialist
 from actors.specialists.language import LanguageSpecialist
 from actors.specialists.llm import LlmSpecialist
 from actors.specialists.pii import PiiSpecialist
 from actors.specialists.sentiment import SentimentSpecialist
 from actors.specialists.summarize import SummarizeSpecialist
+from actors.specialists.triage import TriageSpecialist
 
 SPECIALISTS: dict[str, type[Specialist]] = {
     cls.kind: cls
@@ -27,6 +29,8 @@ SPECIALISTS: dict[str, type[Specialist]] = {
         SummarizeSpecialist,
         EmbedSpecialist,
         LlmSpecialist,
+        TriageSpecialist,
+        IncidentEntitiesSpecialist,
     )
 }
 
