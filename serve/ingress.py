@@ -19,12 +19,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from actors.batching import MicroBatcher
-from actors.composition import LlmLead, Pipeline, Step, Supervisor, instructions_text
+from actors.composition import LlmLead, Pipeline, Step, Supervisor
 from actors.dispatcher import Called, Dispatcher, Target
 from actors.invocation import Chunk, Invocation
 from actors.ratelimit import RateLimiter
 from actors.reporter import BufferedReporter
-from actors.router import RouteDecision, SemanticRouter, build_router, choose_team, request_segments
+from actors.router import RouteDecision, SemanticRouter, build_router, choose_from_segments, team_segments
 from actors.routing import LlmRouter, RoutingPolicy, RuleSet
 from actors.sessions import SessionLimits, SessionStore, open_session_store
 from actors.specialists.registry import SPECIALISTS
@@ -158,9 +158,9 @@ class Gateway:
         threshold = self.config.router.threshold if threshold is None else threshold
 
         async def choose(invocation: Invocation, team, k: int) -> list[str]:
-            segments = request_segments(instructions_text(invocation.input_text))
+            segments = team_segments(invocation.input_text)
             scores = np.stack(await asyncio.gather(*(self.score(segment) for segment in segments)))
-            return choose_team(self.router.team_confidences(scores, team), threshold, k)
+            return choose_from_segments(self.router, scores, team, threshold, k)
 
         return choose
 

@@ -26,7 +26,10 @@ def test_shipped_configs_load(name):
 
 def test_clinc_example_has_ten_domains_of_at_most_twenty_examples():
     config = load(REPO / "configs/examples/clinc_domains.yaml")
-    assert len(config.agents) == 10 and all(1 <= len(a.examples) <= 20 for a in config.agents)
+    domains = [a for a in config.agents if not a.composite]
+    assert len(domains) == 10 and all(1 <= len(a.examples) <= 20 for a in domains)
+    [assistant] = [a for a in config.agents if a.composite]
+    assert sorted(assistant.supervisor.team) == sorted(a.name for a in domains)
 
 
 def write(tmp_path, data) -> Path:

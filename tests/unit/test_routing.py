@@ -10,7 +10,7 @@ import pytest
 from actors.dispatcher import Dispatcher
 from actors.embedding import Embedder
 from actors.invocation import Invocation, Result
-from actors.router import SemanticRouter, choose_team, request_segments
+from actors.router import SemanticRouter, choose_from_segments, team_segments
 from actors.routing import LlmRouter, RoutingPolicy, RuleSet, parse_agent_choice
 from actors.traffic import TrafficTable
 from cluster.config import AgentSettings, LlmRouterSettings, RouterSettings, RuleSettings
@@ -107,10 +107,14 @@ def test_llm_answers_are_parsed_strictly():
 
 
 def test_a_multi_intent_request_reaches_two_team_agents(router):
-    segments = request_segments("what's my account balance and will it rain tomorrow?")
-    confidences = router.team_confidences(router.scores(segments), ["weather", "banking"])
-    assert set(choose_team(confidences, 0.5, 3)) == {"weather", "banking"}
-    assert choose_team({"a": 0.1, "b": 0.2}, 0.5, 3) == ["b"]
+    segments = team_segments("what's my account balance and will it rain tomorrow?")
+    assert len(segments) == 3
+    chosen = choose_from_segments(router, router.scores(segments), ["weather", "banking"], 0.5, 3)
+    assert set(chosen) == {"weather", "banking"}
+    assert choose_from_segments(router, router.scores(segments), ["weather", "banking"], 0.5, 1) in (["weather"], ["banking"])
+    # A request that does not split gets its one best team agent, above the threshold or not.
+    single = team_segments("recipe for a chocolate cake")
+    assert choose_from_segments(router, router.scores(single), ["weather", "banking"], 0.99, 3) in (["weather"], ["banking"])
 
 
 def test_a_supervisor_takes_only_requests_that_ask_for_several_things(router):
