@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from actors.dispatcher import Called, Dispatcher
 from actors.invocation import Failure, Invocation, Result, StreamItem
+from actors.router import payload_text
 from cluster.errors import BatonError, ValidationFailed
 
 _PATH = re.compile(r"^(input|steps)(\.[A-Za-z0-9_-]+)*$")
@@ -154,23 +155,6 @@ class Supervisor(Composite):
         payload = invocation.derive(text=payload_text(invocation.text)) if self.policy == "router" else invocation
         called = await asyncio.gather(*(self.dispatcher.invoke(agent, payload) for agent in members))
         return merged(list(zip(members, called)))
-
-
-# Double and typographic quotes anywhere; single quotes only where they are not apostrophes.
-_QUOTED = re.compile(r"[\"“„«]([^\"”“«»]{3,})[\"”“»]|(?<![\w])'([^']{3,})'(?![\w])")
-
-
-def payload_text(text: str) -> str:
-    """The part of a request the team should work on: a quoted passage when the request
-    wraps one in instructions ("What language is this? 'Gestern hat…'"), else the whole text."""
-    quoted = [(match.group(1) or match.group(2)).strip() for match in _QUOTED.finditer(text)]
-    quoted = [q for q in quoted if len(q.split()) >= 2]
-    return max(quoted, key=len) if quoted else text
-
-
-def instructions_text(text: str) -> str:
-    """The request without its quoted payload: what the caller asks for."""
-    return _QUOTED.sub(" ", text).strip() or text
 
 
 LEAD_PROMPT = (

@@ -59,6 +59,9 @@ class SemanticRouter:
         self.embed = embed
         self.classifier = classifier
         self.agent_names = [a.name for a in agents]
+        # A supervisor's examples resemble each single request they combine ("what language is
+        # this and who is mentioned?"): it may take only a request that asks for several things.
+        self._supervisor_columns = [i for i, a in enumerate(agents) if a.supervisor is not None and a.supervisor.policy == "router"]
         texts, owners = [], []
         for index, agent in enumerate(agents):
             for text in [agent.description, *agent.examples]:
@@ -104,12 +107,19 @@ class SemanticRouter:
         ``session_agent`` is the agent that answered the session's last turn."""
         if agent is not None:
             return self.direct(agent)
-        confidences = self.scores([text])[0] if scores is None else scores
+        confidences = self._single_or_multi(text, self.scores([text])[0] if scores is None else scores)
         order = np.argsort(-confidences)
         candidates = [
             {"agent": self.agent_names[i], "score": round(float(confidences[i]), 4)} for i in order[:3]
         ]
         return self._choose(text, confidences, order, candidates, session_agent)
+
+    def _single_or_multi(self, text: str, scores: np.ndarray) -> np.ndarray:
+        if not self._supervisor_columns or len(team_segments(text)) > 1:
+            return scores
+        single = np.array(scores, copy=True)
+        single[self._supervisor_columns] = 0.0
+        return single
 
     def direct(self, agent: str) -> RouteDecision:
         if agent not in self.agent_names:
@@ -155,9 +165,24 @@ def request_segments(text: str, max_segments: int = 6) -> list[str]:
 def team_segments(text: str) -> list[str]:
     """What a supervisor's router policy scores: the request's instructions (a quoted
     payload left out), whole and split by :func:`request_segments`."""
-    from actors.composition import instructions_text
-
     return request_segments(instructions_text(text))
+
+
+# Double and typographic quotes anywhere; single quotes only where they are not apostrophes.
+_QUOTED = re.compile(r"[\"“„«]([^\"”“«»]{3,})[\"”“»]|(?<![\w])'([^']{3,})'(?![\w])")
+
+
+def payload_text(text: str) -> str:
+    """The part of a request the team should work on: a quoted passage when the request
+    wraps one in instructions ("What language is this? 'Gestern hat…'"), else the whole text."""
+    quoted = [(match.group(1) or match.group(2)).strip() for match in _QUOTED.finditer(text)]
+    quoted = [q for q in quoted if len(q.split()) >= 2]
+    return max(quoted, key=len) if quoted else text
+
+
+def instructions_text(text: str) -> str:
+    """The request without its quoted payload: what the caller asks for."""
+    return _QUOTED.sub(" ", text).strip() or text
 
 
 def choose_from_segments(router: SemanticRouter, segment_scores: np.ndarray, team: Sequence[str], threshold: float, k: int) -> list[str]:

@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from actors.composition import instructions_text
 from actors.dispatcher import Dispatcher
 from actors.invocation import Invocation
-from actors.router import RouteDecision, SemanticRouter, request_segments
+from actors.router import RouteDecision, SemanticRouter
 from cluster.config import AgentSettings, LlmRouterSettings, RuleSettings
 
 logger = logging.getLogger(__name__)
@@ -113,9 +112,8 @@ class RoutingPolicy:
     """Decides who takes a request. ``score(text)`` gives the router's confidences (the
     ingress batches it); ``session_agent`` is looked up by the caller from the session store."""
 
-    def __init__(self, router: SemanticRouter, rules: RuleSet, score: Scorer, llm: LlmRouter | None = None, supervisors: Sequence[str] = ()):
+    def __init__(self, router: SemanticRouter, rules: RuleSet, score: Scorer, llm: LlmRouter | None = None):
         self.router, self.rules, self.score, self.llm = router, rules, score, llm
-        self._supervisor_columns = [router.agent_names.index(name) for name in supervisors if name in router.agent_names]
 
     async def decide(
         self, invocation: Invocation, *, agent: str | None = None, session_agent: str | None = None
@@ -126,18 +124,9 @@ class RoutingPolicy:
         rule = self.rules.match(text, invocation.metadata)
         if rule is not None:
             return RouteDecision(rule.target, "rule", 1.0, [{"agent": rule.target, "score": 1.0}], rule=rule.name)
-        decision = self.router.decide(text, scores=self._single_or_multi(text, await self.score(text)), session_agent=session_agent)
+        decision = self.router.decide(text, scores=await self.score(text), session_agent=session_agent)
         if self.llm is not None and decision.routed_by in ("router", "fallback", "none") and self.llm.wanted(decision.confidence):
             chosen = await self.llm.pick(invocation)
             if chosen is not None:
                 return RouteDecision(chosen, "llm", decision.confidence, decision.candidates)
         return decision
-
-    def _single_or_multi(self, text: str, scores: np.ndarray) -> np.ndarray:
-        """A supervisor's examples resemble each single request they combine ("what language
-        is this and who is mentioned?"): it may take only a request that asks for several things."""
-        if not self._supervisor_columns or len(request_segments(instructions_text(text))) > 1:
-            return scores
-        single = np.array(scores, copy=True)
-        single[self._supervisor_columns] = 0.0
-        return single

@@ -110,7 +110,6 @@ class Gateway:
             RuleSet(config.router.rules),
             self.score,
             llm=LlmRouter(llm, config.agents, self.dispatcher) if llm else None,
-            supervisors=[a.name for a in config.agents if a.supervisor is not None and a.supervisor.policy == "router"],
         )
         self._background: list[asyncio.Task] = []
         self._statuses: tuple[float, dict[str, str]] = (float("-inf"), {})

@@ -11,7 +11,8 @@ import random
 
 import pytest
 
-from actors.composition import LlmLead, Pipeline, Step, Supervisor, parse_action, payload_text, resolve_path
+from actors.composition import LlmLead, Pipeline, Step, Supervisor, parse_action, resolve_path
+from actors.router import payload_text
 from actors.dispatcher import Called, Dispatcher
 from actors.invocation import Chunk, Failure, Invocation, Result, drain
 from actors.traffic import TrafficTable

@@ -127,6 +127,6 @@ def test_a_supervisor_takes_only_requests_that_ask_for_several_things(router):
     async def score(text):
         return with_supervisor.scores([text])[0]
 
-    routing = RoutingPolicy(with_supervisor, RuleSet([]), score, supervisors=["both"])
+    routing = RoutingPolicy(with_supervisor, RuleSet([]), score)
     assert decide(routing, "what's my account balance").agent == "banking"
     assert decide(routing, "what's my account balance and will it rain tomorrow?").agent == "both"
