@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: up down test test-unit bench bench-training install clean chromium
+.PHONY: up down test test-unit bench bench-composition bench-training install clean chromium
 
 install: $(STAMP)
 
@@ -40,6 +40,9 @@ test-unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.request_path
+
+bench-composition: $(STAMP)
+	$(BIN)/python -m benchmarks.composition
 
 bench-training: $(STAMP)
 	$(BIN)/python -m benchmarks.training

@@ -272,8 +272,47 @@ def bench_config(config_path: Path, storage_uri: str, drop: list[str]):
     if bad:
         raise SystemExit(f"--drop: cannot drop {bad} (agents: {config.agent_names()}; {AGENT!r} is measured)")
     auth = config.auth.model_copy(update={"rate_limit": config.auth.rate_limit.model_copy(update=BENCH_RATE_LIMIT)})
-    agents = [a for a in config.agents if a.name not in drop]
-    return config.model_copy(update={"storage": storage_uri, "auth": auth, "agents": agents})
+    return without(config, set(drop)).model_copy(update={"storage": storage_uri, "auth": auth})
+
+
+def without(config, drop: set[str]):
+    """The orchestra without the agents in ``drop`` and what refers to them: supervisors keep
+    the rest of their team (or go with it), pipelines and routing rules that call a dropped
+    agent or pipeline go too. Checked by the config's own validation."""
+    from cluster.config import OrchestraConfig
+
+    if not drop:
+        return config
+    gone = set(drop)
+    agents = []
+    for agent in config.agents:
+        if agent.name in gone:
+            continue
+        settings = agent.supervisor
+        if settings is not None:
+            team = [name for name in settings.team if name not in gone]
+            if not team or (settings.lead is not None and settings.lead in gone):
+                gone.add(agent.name)
+                continue
+            agent = agent.model_copy(update={"supervisor": settings.model_copy(update={"team": team})})
+        agents.append(agent)
+    agents = [a for a in agents if a.name not in gone]  # a supervisor dropped after an earlier one kept it
+    pipelines = list(config.pipelines)
+    while True:  # a pipeline may call a pipeline that goes
+        kept = [p for p in pipelines if not any(step.agent in gone for step in p.steps)]
+        gone |= {p.name for p in pipelines} - {p.name for p in kept}
+        if len(kept) == len(pipelines):
+            break
+        pipelines = kept
+    router = config.router
+    rules = [r for r in router.rules if r.target not in gone]
+    router = router.model_copy(update={
+        "rules": rules,
+        "fallback_agent": None if router.fallback_agent in gone else router.fallback_agent,
+        "llm": None if router.llm is not None and router.llm.agent in gone else router.llm,
+    })
+    trimmed = config.model_copy(update={"agents": agents, "pipelines": pipelines, "router": router})
+    return OrchestraConfig.model_validate(trimmed.model_dump())
 
 
 def deployed_config(config, storage_uri: str):
@@ -308,6 +347,16 @@ def in_process_objects(config, storage_uri: str):
     specialist = create_specialist(kind, params)
     specialist.load()
     return router, specialist, f"{kind} ({AGENT}.{chosen.version})"
+
+
+def handle_invoke(handle) -> Any:
+    """One ``AgentVersion.invoke(Invocation)`` through a Serve handle, as the dispatcher makes it."""
+    from actors.invocation import Failure, Invocation
+
+    answer = handle.invoke.remote(Invocation(text=TEXT)).result()
+    if isinstance(answer, Failure):
+        raise answer.error
+    return answer.output
 
 
 def noop_application():
@@ -606,7 +655,7 @@ class Bench:
             stages["decide given the embedding (in-process)"] = lambda: router.decide(TEXT, embedding=embedding)
         stages |= {
             f"{AGENT} predict (in-process)": lambda: specialist.predict([TEXT]),
-            f"DeploymentHandle call {AGENT}.{chosen}.predict (from this process)": lambda: agent.predict.remote(TEXT, {}).result(),
+            f"DeploymentHandle call {AGENT}.{chosen}.invoke (from this process)": lambda: handle_invoke(agent),
             "DeploymentHandle call to the no-op (from this process)": lambda: noop.remote(None).result(),
         }
         for name, fn in stages.items():
@@ -800,10 +849,10 @@ def _squeeze_blank_lines(lines: list[str]) -> list[str]:
     return out
 
 
-def write_section(section: str, doc: Path = DOC) -> None:
-    """Replace the section (up to the next ``## `` heading) or append it; keep the rest."""
+def write_section(section: str, doc: Path = DOC, heading: str = SECTION) -> None:
+    """Replace the section ``heading`` (up to the next ``## `` heading) or append it; keep the rest."""
     text = doc.read_text(encoding="utf-8") if doc.exists() else DOC_HEADER
-    pattern = re.compile(rf"^{re.escape(SECTION)}[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
+    pattern = re.compile(rf"^{re.escape(heading)}[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
     block = section.rstrip("\n") + "\n\n"
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text, count=1)
@@ -832,6 +881,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settle-max", type=float, default=60.0, help="most seconds of settling load (default 60)")
     parser.add_argument("--stages", type=int, default=80, help="calls per stage in the breakdown; 0 skips it (default 80)")
     parser.add_argument("--no-doc", action="store_true", help="print only; do not rewrite docs/benchmarks.md")
+    parser.add_argument("--doc", type=Path, default=DOC, help="the Markdown file whose section is rewritten (default docs/benchmarks.md)")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.warmup < 0 or args.stages < 0:
         parser.error("--requests must be >= 1, --warmup and --stages >= 0")
@@ -898,6 +948,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         with console.status("starting Ray, Serve, the no-op app and baton (about a minute on 2 cores)..."):
             ray.init(
+                address="local",  # a new instance even when `make up` runs one here
                 num_cpus=2,
                 object_store_memory=256 * 1024 * 1024,
                 include_dashboard=False,
@@ -948,8 +999,8 @@ def main(argv: list[str] | None = None) -> int:
     for note in bench.notes:
         console.print(f"note: {note}")
     if not args.no_doc:
-        write_section(markdown_section(bench, meta))
-        console.print(f"wrote the {SECTION!r} section of {DOC.relative_to(REPO)}")
+        write_section(markdown_section(bench, meta), args.doc)
+        console.print(f"wrote the {SECTION!r} section of {args.doc}")
     return 0
 
 
