@@ -62,6 +62,7 @@ class SemanticRouter:
         # A supervisor's examples resemble each single request they combine ("what language is
         # this and who is mentioned?"): it may take only a request that asks for several things.
         self._supervisor_columns = [i for i, a in enumerate(agents) if a.supervisor is not None and a.supervisor.policy == "router"]
+        self._supervisors = [agents[i] for i in self._supervisor_columns]
         texts, owners = [], []
         for index, agent in enumerate(agents):
             for text in [agent.description, *agent.examples]:
@@ -100,19 +101,51 @@ class SemanticRouter:
         np.maximum.at(scores.T, self._owner, similarity.T)
         return scores
 
+    def wants_segments(self, text: str) -> list[str]:
+        """The segments to score for multi-intent routing: none unless a router-policy
+        supervisor exists and the request splits into parts."""
+        segments = team_segments(text) if self._supervisors else []
+        return segments if len(segments) > 1 else []
+
     def decide(
-        self, text: str, *, scores: np.ndarray | None = None, agent: str | None = None, session_agent: str | None = None
+        self,
+        text: str,
+        *,
+        scores: np.ndarray | None = None,
+        agent: str | None = None,
+        session_agent: str | None = None,
+        segment_scores: np.ndarray | None = None,
     ) -> RouteDecision:
-        """Route one request; ``scores`` may come from a batched :meth:`scores` call, and
+        """Route one request; ``scores`` may come from a batched :meth:`scores` call of its
+        :func:`routing_text`, ``segment_scores`` from one of :meth:`wants_segments`, and
         ``session_agent`` is the agent that answered the session's last turn."""
         if agent is not None:
             return self.direct(agent)
+        segments = self.wants_segments(text)
+        if segments:
+            several = self._several_intents(self.scores(segments) if segment_scores is None else segment_scores)
+            if several is not None:
+                return several
+        text = routing_text(text)
         confidences = self._single_or_multi(text, self.scores([text])[0] if scores is None else scores)
         order = np.argsort(-confidences)
         candidates = [
             {"agent": self.agent_names[i], "score": round(float(confidences[i]), 4)} for i in order[:3]
         ]
         return self._choose(text, confidences, order, candidates, session_agent)
+
+    def _several_intents(self, segment_scores: np.ndarray) -> RouteDecision | None:
+        """A request whose parts each name a different agent of a router-policy supervisor's
+        team ("what is the sentiment of this, and who is mentioned?") goes to that supervisor."""
+        for supervisor in self._supervisors:
+            settings = supervisor.supervisor
+            threshold = self.settings.threshold if settings.route_threshold is None else settings.route_threshold
+            winners = part_winners(self, segment_scores, settings.team, threshold)
+            if len(winners) >= 2:
+                confidence = round(min(winners.values()), 4)
+                candidates = [{"agent": name, "score": round(score, 4)} for name, score in sorted(winners.items(), key=lambda w: -w[1])]
+                return RouteDecision(supervisor.name, "router", confidence, candidates[:3])
+        return None
 
     def _single_or_multi(self, text: str, scores: np.ndarray) -> np.ndarray:
         if not self._supervisor_columns or len(team_segments(text)) > 1:
@@ -162,6 +195,14 @@ def request_segments(text: str, max_segments: int = 6) -> list[str]:
     return [text, *parts[: max_segments - 1]] if len(parts) > 1 else [text]
 
 
+def routing_text(text: str) -> str:
+    """What the router compares with the agents: the instructions of a request that quotes its
+    payload ("what is the sentiment of this? 'Tim Cook loved Paris'" asks for sentiment, and
+    the quoted names must not pull it to the entities agent), else the whole text."""
+    instructions = instructions_text(text)
+    return instructions if instructions != text and len(instructions.split()) >= 3 else text
+
+
 def team_segments(text: str) -> list[str]:
     """What a supervisor's router policy scores: the request's instructions (a quoted
     payload left out), whole and split by :func:`request_segments`."""
@@ -193,6 +234,17 @@ def choose_from_segments(router: SemanticRouter, segment_scores: np.ndarray, tea
 
     Per-part winners beat "every agent above the threshold anywhere": on the CLINC multi-intent
     test set, exact-set accuracy 0.81 against 0.56 (docs/benchmarks.md, router quality)."""
+    best = part_winners(router, segment_scores, team, threshold)
+    chosen = sorted(best, key=best.get, reverse=True)[:k]
+    if chosen:
+        return chosen
+    members = [agent for agent in team if agent in router.agent_names]
+    return [members[int(np.argmax(segment_scores[0, [router.agent_names.index(a) for a in members]]))]]
+
+
+def part_winners(router: SemanticRouter, segment_scores: np.ndarray, team: Sequence[str], threshold: float) -> dict[str, float]:
+    """Each part's best team agent, when it clears the threshold, with its best confidence
+    (the parts are the rows after the first, which is the whole request)."""
     members = [agent for agent in team if agent in router.agent_names]
     scores = segment_scores[:, [router.agent_names.index(agent) for agent in members]]
     best: dict[str, float] = {}
@@ -200,8 +252,7 @@ def choose_from_segments(router: SemanticRouter, segment_scores: np.ndarray, tea
         winner = int(np.argmax(row))
         if row[winner] >= threshold:
             best[members[winner]] = max(best.get(members[winner], 0.0), float(row[winner]))
-    chosen = sorted(best, key=best.get, reverse=True)[:k]
-    return chosen or [members[int(np.argmax(scores[0]))]]
+    return best
 
 
 def choose_for(router: SemanticRouter, text: str, team: Sequence[str], threshold: float, k: int) -> list[str]:

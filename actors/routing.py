@@ -5,6 +5,7 @@ fallback. Async because the LLM router and the session store are calls away.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -15,7 +16,7 @@ import numpy as np
 
 from actors.dispatcher import Dispatcher
 from actors.invocation import Invocation
-from actors.router import RouteDecision, SemanticRouter
+from actors.router import RouteDecision, SemanticRouter, routing_text
 from cluster.config import AgentSettings, LlmRouterSettings, RuleSettings
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,11 @@ class RoutingPolicy:
         rule = self.rules.match(text, invocation.metadata)
         if rule is not None:
             return RouteDecision(rule.target, "rule", 1.0, [{"agent": rule.target, "score": 1.0}], rule=rule.name)
-        decision = self.router.decide(text, scores=await self.score(text), session_agent=session_agent)
+        segments = self.router.wants_segments(text)
+        scored = await asyncio.gather(self.score(routing_text(text)), *(self.score(segment) for segment in segments))
+        decision = self.router.decide(
+            text, scores=scored[0], session_agent=session_agent, segment_scores=np.stack(scored[1:]) if segments else None
+        )
         if self.llm is not None and decision.routed_by in ("router", "fallback", "none") and self.llm.wanted(decision.confidence):
             chosen = await self.llm.pick(invocation)
             if chosen is not None:

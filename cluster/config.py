@@ -98,6 +98,10 @@ class SupervisorSettings(Strict):
     threshold: float | None = Field(
         None, ge=0, le=1, description="router policy: least confidence for a team agent; default: router.threshold."
     )
+    route_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="router policy: /v1/route sends a request here when two or more of its parts each name a team agent with at least this confidence; default: router.threshold.",
+    )
     lead: str | None = Field(None, description="llm policy: the llm agent that plans and calls team agents as tools.")
     max_tool_calls: int = Field(4, ge=1, le=32, description="llm policy: most team calls the lead may make per request.")
 

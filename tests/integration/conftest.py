@@ -72,7 +72,7 @@ def llm_agent(name: str, description: str, params: dict):
     from cluster.config import AgentSettings
 
     validate_params("llm", params)
-    version = {"version": "v1", "weight": 100, "params": params, "resources": {"num_cpus": 0.1}, "autoscaling": {"min_replicas": 1, "max_replicas": 1}}
+    version = {"version": "v1", "weight": 100, "params": params, "resources": {"num_cpus": 0.05}, "autoscaling": {"min_replicas": 1, "max_replicas": 1}}
     return AgentSettings(name=name, kind="llm", description=description, versions=[version])
 
 

@@ -104,9 +104,12 @@ def test_weight_change_under_load_drops_nothing_and_is_audited(client, baton_url
 
 def test_only_v2_serves_after_shift_and_sessions_are_sticky(client):
     assert client.put("/v1/admin/agents/sentiment/traffic", json={"weights": {"v1": 0, "v2": 100}}).status_code == 200
+    # The other ingress replica adopts the shared table within a second (Gateway._follow_traffic).
+    time.sleep(1.5)
     versions = {client.post("/v1/agents/sentiment/invoke", json={"text": "nice"}).json()["version"] for _ in range(10)}
     assert versions == {"v2"}
     assert client.put("/v1/admin/agents/sentiment/traffic", json={"weights": {"v1": 50, "v2": 50}}).status_code == 200
+    time.sleep(1.5)
     for session in ("alpha", "beta", "gamma", "delta"):
         seen = {
             client.post("/v1/route", json={"text": "I love it", "agent": "sentiment", "session_id": session}).json()["version"]

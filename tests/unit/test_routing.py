@@ -130,3 +130,27 @@ def test_a_supervisor_takes_only_requests_that_ask_for_several_things(router):
     routing = RoutingPolicy(with_supervisor, RuleSet([]), score)
     assert decide(routing, "what's my account balance").agent == "banking"
     assert decide(routing, "what's my account balance and will it rain tomorrow?").agent == "both"
+
+
+def test_a_quoted_payload_does_not_pull_the_route(router):
+    text = "how much will the weather cost me? 'transfer 50 dollars to my savings account'"
+    assert decide(policy(router), text).agent == "weather"
+    assert router.decide(text).agent == "weather"
+    assert decide(policy(router), "transfer 50 dollars to my savings account").agent == "banking"
+
+
+def test_parts_naming_two_team_agents_send_the_request_to_their_supervisor(router):
+    agents = [*AGENTS, AgentSettings(name="desk", kind="supervisor", description="front desk",
+                                     supervisor={"team": ["weather", "banking"], "route_threshold": 0.5})]
+    settings = RouterSettings.model_validate({"threshold": 0.5, "calibration": {"midpoint": 0.35, "temperature": 0.05}})
+    desk = SemanticRouter(agents, settings, router.embed)
+
+    async def score(text):
+        return desk.scores([text])[0]
+
+    routing = RoutingPolicy(desk, RuleSet([]), score)
+    both = decide(routing, "what's my account balance, and will it rain tomorrow in Berlin?")
+    assert (both.agent, both.routed_by) == ("desk", "router")
+    assert {c["agent"] for c in both.candidates} == {"weather", "banking"}
+    assert desk.decide("what's my account balance, and will it rain tomorrow in Berlin?").agent == "desk"
+    assert decide(routing, "transfer 50 dollars to savings and to my checking account").agent == "banking"
