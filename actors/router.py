@@ -15,6 +15,9 @@ from cluster.config import AgentSettings, OrchestraConfig, RouterSettings
 from cluster.errors import NotFound
 
 ROUTED_BY = ("direct", "rule", "session", "router", "llm", "fallback", "none")
+# A request that asks for several things is a sentence or two (the joined CLINC requests have
+# at most 44 words); a longer text is content, and scoring its parts would only cost embeddings.
+MULTI_INTENT_MAX_WORDS = 60
 
 
 class Classifier(Protocol):
@@ -104,7 +107,9 @@ class SemanticRouter:
     def wants_segments(self, text: str) -> list[str]:
         """The segments to score for multi-intent routing: none unless a router-policy
         supervisor exists and the request splits into parts."""
-        segments = team_segments(text) if self._supervisors else []
+        if not self._supervisors or len(text.split()) > MULTI_INTENT_MAX_WORDS:
+            return []
+        segments = team_segments(text)
         return segments if len(segments) > 1 else []
 
     def decide(

@@ -48,7 +48,7 @@ async def iterate_in_thread(produce: Callable[[], Iterator[Any]]) -> AsyncIterat
         except BaseException as error:  # handed to the consumer, raised there
             loop.call_soon_threadsafe(queue.put_nowait, error)
 
-    worker = loop.run_in_executor(None, pump)
+    loop.run_in_executor(None, pump)
     try:
         while True:
             item = await queue.get()
@@ -60,7 +60,6 @@ async def iterate_in_thread(produce: Callable[[], Iterator[Any]]) -> AsyncIterat
     finally:
         # The worker notices at its next item and stops; nothing waits for it here.
         stop.set()
-        worker.add_done_callback(lambda _: None)
 
 
 @serve.deployment

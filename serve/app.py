@@ -249,19 +249,21 @@ def with_result(response: dict, called: Called) -> dict:
     return response
 
 
-async def _first(items: AsyncIterator) -> Any:
-    return await items.__anext__()
+async def opened(gate: Gateway, request: Request, agent: str, version: str, invocation) -> tuple[AsyncIterator, Any]:
+    """The call's stream and its first item. The HTTP status is committed only after that item:
+    an agent that fails before its first chunk gets a plain error response with its status."""
+    items = gate.stream(request, agent, version, invocation).__aiter__()
+    first = await items.__anext__()
+    if isinstance(first, Called) and not first.ok:
+        raise first.error
+    return items, first
 
 
 async def stream_response(
     gate: Gateway, request: Request, agent: str, version: str, invocation, response: dict, started: float
 ) -> Response:
-    """SSE: ``chunk`` events, then one ``result`` (the whole body) or ``error`` event. The
-    status is committed only after the first item: an agent failing at once gets a plain error."""
-    items = gate.stream(request, agent, version, invocation).__aiter__()
-    first = await _first(items)
-    if isinstance(first, Called) and not first.ok:
-        raise first.error
+    """SSE: ``chunk`` events, then one ``result`` (the whole body) or ``error`` event."""
+    items, first = await opened(gate, request, agent, version, invocation)
 
     async def events() -> AsyncIterator[bytes]:
         item = first
@@ -331,10 +333,7 @@ async def chat_stream(gate: Gateway, request: Request, model: str, version: str,
     """The OpenAI streaming protocol: a role delta, content deltas, a closing chunk with the
     finish reason and usage, then ``data: [DONE]``; a failure after the start is an error chunk."""
     request_id = request_id_of(request)
-    items = gate.stream(request, model, version, invocation).__aiter__()
-    first = await _first(items)
-    if isinstance(first, Called) and not first.ok:
-        raise first.error
+    items, first = await opened(gate, request, model, version, invocation)
 
     async def events() -> AsyncIterator[bytes]:
         yield _chunk(request_id, model, {"role": "assistant", "content": ""})

@@ -271,11 +271,16 @@ class Gateway:
         note(request, version=version)
         return version
 
-    def finished(self, request: Request, called: Called) -> None:
-        """Note a call's outcome for the audit record; raise its error for the error response."""
+    @staticmethod
+    def note_outcome(request: Request, called: Called) -> None:
+        """A call's outcome for the request's audit record and monitor outcome."""
         result = called.result
         note(request, output=result.output if result else None, label=result.label if result else None,
              trace=result.trace if result else None)
+
+    def finished(self, request: Request, called: Called) -> None:
+        """Note a call's outcome; raise its error for the error response."""
+        self.note_outcome(request, called)
         if not called.ok:
             raise called.error
 
@@ -291,10 +296,10 @@ class Gateway:
         invocation = await self.with_history(invocation, agent)
         async for item in self.dispatcher.stream(agent, invocation, version):
             if isinstance(item, Called):
-                result = item.result
-                note(request, output=result.output if result else None, label=result.label if result else None,
-                     trace=result.trace if result else None, error=None if item.ok else f"{item.error.code}: {item.error.message}",
-                     status=200 if item.ok else item.error.status)
+                # The response began as 200: a failure after the first chunk is recorded as its own status.
+                self.note_outcome(request, item)
+                if not item.ok:
+                    note(request, error=f"{item.error.code}: {item.error.message}", status=item.error.status)
                 await self.remember(invocation, item)
             yield item
 

@@ -154,3 +154,5 @@ def test_parts_naming_two_team_agents_send_the_request_to_their_supervisor(route
     assert {c["agent"] for c in both.candidates} == {"weather", "banking"}
     assert desk.decide("what's my account balance, and will it rain tomorrow in Berlin?").agent == "desk"
     assert decide(routing, "transfer 50 dollars to savings and to my checking account").agent == "banking"
+    # A long text is content, not several requests: its parts are not scored.
+    assert desk.wants_segments("what's my balance, and will it rain? " * 10) == []
