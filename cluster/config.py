@@ -120,6 +120,13 @@ class AgentSettings(Strict):
         default_factory=_single_version, min_length=1, description="Deployed versions with traffic weights (a supervisor has one)."
     )
     supervisor: SupervisorSettings | None = Field(None, description="Team and policy; required for kind 'supervisor', refused otherwise.")
+    routable: bool = Field(
+        True, description="Whether /v1/route may send a text here; false for agents that read documents or only serve other agents."
+    )
+    uses: list[str] = Field(
+        default_factory=list,
+        description="Agents this agent's replicas call themselves (documents uses ocr, so OCR scales apart from extraction).",
+    )
 
     @property
     def composite(self) -> bool:
@@ -131,6 +138,8 @@ class AgentSettings(Strict):
             raise ValueError("kind 'supervisor' needs a 'supervisor' section, and only that kind may have one")
         if self.supervisor is not None and self.name in self.supervisor.team:
             raise ValueError(f"supervisor {self.name!r} cannot be on its own team")
+        if self.name in self.uses or (self.composite and self.uses):
+            raise ValueError("uses: an agent cannot use itself, and a supervisor calls its team instead")
         return self
 
     @model_validator(mode="after")
@@ -255,7 +264,10 @@ class StepSettings(Strict):
     agent: str = Field(..., description="Agent or pipeline the step calls.")
     input: str = Field(
         "input.text",
-        description="Where the step's text comes from: input.text, or a path into an earlier step's output such as steps.pii.redacted_text.",
+        description=(
+            "Where the step's input comes from: input.text, input.document (the request's document), a path into an "
+            "earlier step's output such as steps.pii.redacted_text, or steps (every earlier output, as JSON)."
+        ),
     )
     options: dict[str, Any] = Field(default_factory=dict, description="Options the step passes to its agent.")
 
@@ -274,7 +286,8 @@ class PipelineSettings(Strict):
             raise ValueError(f"duplicate step names {duplicates}")
         for index, step in enumerate(self.steps):
             source = step.input.split(".")
-            if source[0] == "steps" and (len(source) < 2 or source[1] not in names[:index] or self.mode == "fanout"):
+            # Bare "steps" hands the step every earlier output (a store step records them all).
+            if source[0] == "steps" and (self.mode == "fanout" or (len(source) > 1 and source[1] not in names[:index])):
                 raise ValueError(f"step {step.name!r}: input {step.input!r} must name an earlier step of a sequence")
         return self
 
@@ -313,12 +326,26 @@ class ReporterSettings(Strict):
     max_buffer: int = Field(100_000, ge=1, description="Outcomes buffered per ingress replica before the oldest drop.")
 
 
+class DocumentLimits(Strict):
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest document file accepted, in bytes (413 above).")
+    max_pages: int = Field(50, ge=1, le=10_000, description="Most pages one document may have (413 above).")
+    max_pixels_per_page: int = Field(
+        40_000_000, ge=1, description="Most pixels one page may decode to, checked from the header before decoding (413 above)."
+    )
+    pdf_dpi: int = Field(200, ge=36, le=600, description="Resolution PDF pages without a text layer are rendered at for OCR.")
+    page_timeout_s: float = Field(30.0, gt=0, description="Longest time one page may take in OCR (503 after).")
+    timeout_s: float = Field(
+        55.0, gt=0, description="Longest time a whole document request may take (503 after); keep it under http.request_timeout_s."
+    )
+
+
 class LimitSettings(Strict):
     max_body_bytes: int = Field(1_048_576, ge=1, description="Largest request body accepted (413 above).")
     max_text_chars: int = Field(20_000, ge=1, description="Longest 'text' accepted (422 above).")
     max_options_bytes: int = Field(4096, ge=2, description="Largest JSON 'options' object accepted (422 above).")
     agent_timeout_s: float = Field(30.0, gt=0, description="Longest wait for an agent's answer (503 unavailable after).")
     audit_query_max: int = Field(1000, ge=1, description="Most records one audit query returns.")
+    documents: DocumentLimits = Field(default_factory=DocumentLimits, description="Limits on documents and images.")
 
 
 class HttpSettings(Strict):
@@ -369,6 +396,8 @@ class OrchestraConfig(Strict):
                 lead = agent.supervisor.lead
                 if agent.supervisor.policy == "llm" and (lead is None or lead not in agents):
                     raise ValueError(f"agent {agent.name!r}: the llm policy needs supervisor.lead naming an agent, got {lead!r}")
+        for agent in self.agents:
+            _known(f"agent {agent.name!r} uses", agent.uses, {a.name for a in self.agents if not a.composite and not a.uses})
         for pipeline in self.pipelines:
             _known(f"pipeline {pipeline.name!r} steps", [s.agent for s in pipeline.steps], callable_names - {pipeline.name})
         for rule in self.router.rules:

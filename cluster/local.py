@@ -10,6 +10,35 @@ from pathlib import Path
 import httpx
 
 DASHBOARD_URL = "http://127.0.0.1:8265"
+# What a job's working directory (the repository) leaves behind when it is uploaded.
+JOB_EXCLUDES = [".venv", ".baton", ".baton-test", ".git", "__pycache__", "*.pt", "*.safetensors"]
+
+
+def run_job(entrypoint: str, env_vars: dict[str, str], follow: bool) -> None:
+    """Submit ``entrypoint`` as a Ray job of the running cluster, with the repository as its
+    working directory; with ``follow``, stream its logs and fail unless it succeeds."""
+    import asyncio
+    import time
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from cluster.errors import BatonError
+
+    client = JobSubmissionClient(DASHBOARD_URL)
+    job = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": ".", "excludes": JOB_EXCLUDES, "env_vars": env_vars})
+    print(f"submitted {job} to {DASHBOARD_URL} (follow: ray job logs -f {job})", file=sys.stderr)
+    if not follow:
+        return
+
+    async def stream() -> None:
+        async for lines in client.tail_job_logs(job):
+            print(lines, end="", flush=True)
+
+    asyncio.run(stream())
+    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        time.sleep(1)
+    if status != JobStatus.SUCCEEDED:
+        raise BatonError(f"job {job} ended {status.value}")
 
 
 def ray_cli() -> str:

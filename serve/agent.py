@@ -13,13 +13,20 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
+from actors.dispatcher import Dispatcher
 from actors.invocation import Failure, Invocation, Result, StreamItem, drain
+from actors.peers import Peers
 from actors.specialists.registry import create_specialist
+from actors.traffic import TrafficTable
 from cluster.errors import BatonError
+from serve.targets import ServeTarget
 
 logger = logging.getLogger(__name__)
 _END = object()
+# A peer call without a deadline of its own (the caller's deadline applies when it has one).
+PEER_TIMEOUT_S = 120.0
 
 
 def deployment_name(agent: str, version: str) -> str:
@@ -62,9 +69,21 @@ async def iterate_in_thread(produce: Callable[[], Iterator[Any]]) -> AsyncIterat
         stop.set()
 
 
+def peer_dispatcher(peers: dict[str, dict[str, DeploymentHandle]], traffic: dict, timeout_s: float) -> Dispatcher:
+    """The Dispatcher a replica calls its ``uses`` agents through."""
+    targets = {
+        name: {version: ServeTarget(handle, False, f"agent {name} {version}") for version, handle in versions.items()}
+        for name, versions in peers.items()
+    }
+    return Dispatcher(targets, TrafficTable(traffic), default_timeout_s=timeout_s)
+
+
 @serve.deployment
 class AgentVersion:
-    def __init__(self, agent: str, version: str, kind: str, params: dict, torch_threads: int, batching: dict):
+    def __init__(
+        self, agent: str, version: str, kind: str, params: dict, torch_threads: int, batching: dict,
+        peers: dict[str, dict[str, DeploymentHandle]] | None = None, peer_traffic: dict | None = None,
+    ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
 
@@ -72,18 +91,25 @@ class AgentVersion:
         self.agent, self.version = agent, version
         self.where = f"agent {agent} {version}"
         self.specialist = create_specialist(kind, params)
+        self.peers = Peers(peer_dispatcher(peers, peer_traffic or {}, PEER_TIMEOUT_S)) if peers else None
+        if self.peers is not None:
+            self.specialist.connect(self.peers)
         self.specialist.load()
         self._invoke_batch.set_max_batch_size(batching["max_batch_size"])
         self._invoke_batch.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
 
     async def invoke(self, invocation: Invocation) -> Result | Failure:
         """The whole answer to one invocation (a streaming agent's stream, drained)."""
+        if self.peers is not None:
+            self.peers.attach(asyncio.get_running_loop())
         if self.specialist.batchable and invocation.text is not None:
             return await self._invoke_batch(invocation)
         return await asyncio.to_thread(self._run_to_end, invocation)
 
     async def stream(self, invocation: Invocation) -> AsyncIterator[StreamItem]:
         """Chunks as the specialist yields them, then its Result, or a Failure as the last item."""
+        if self.peers is not None:
+            self.peers.attach(asyncio.get_running_loop())
         try:
             async for item in iterate_in_thread(lambda: self.specialist.stream(invocation)):
                 yield item

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as FastApiPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
@@ -26,9 +27,23 @@ from cluster.keys import Principal
 from serve.docs import mount_offline_docs
 from serve.http_errors import error_response, to_baton_error
 from serve.ingress import Gateway, note, request_id_of
-from serve.schemas import ChatBody, InvokeBody, KeyBody, RouteBody, TrafficBody
+from serve.schemas import (
+    ChatBody,
+    DocumentBody,
+    DocumentFields,
+    ExtractBody,
+    ExtractFields,
+    InvokeBody,
+    KeyBody,
+    RouteBody,
+    TrafficBody,
+)
+from serve.uploads import document_from_payload, is_multipart, json_object, read_document_request, validated
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+DOCUMENT_ID = r"^[0-9a-f]{32}$"
+# The agent behind POST /v1/extract (API.md §5).
+EXTRACT_AGENT = "documents"
 UNAUDITED = ("/healthz", "/metrics", "/docs", "/openapi.json", "/redoc")
 
 
@@ -106,7 +121,7 @@ def create_app(gate: Gateway) -> FastAPI:
         incoming = request.headers.get("x-request-id", "")
         request.state.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
         try:
-            check_body_size(request, gate.config.limits.max_body_bytes)
+            check_body_size(request, gate.body_limit(request.url.path))
             treat_body_as_json(request)
             response = await call_next(request)
         except Exception as error:  # includes errors raised while the body streams in
@@ -151,15 +166,20 @@ def create_app(gate: Gateway) -> FastAPI:
         called = await gate.run(request, decision.agent, version, invocation)
         return finish(with_result(response, called), started)
 
-    @app.post("/v1/agents/{name}/invoke", summary="Invoke one agent directly.", responses={200: SSE_RESPONSE})
-    async def invoke(request: Request, name: str, body: InvokeBody, _: Principal = invoke_key) -> Any:
+    @app.post(
+        "/v1/agents/{name}/invoke",
+        summary="Invoke one agent directly, on a text or a document.",
+        responses={200: SSE_RESPONSE},
+        openapi_extra=request_body_doc([InvokeBody, DocumentBody], DocumentFields),
+    )
+    async def invoke(request: Request, name: str, _: Principal = invoke_key) -> Any:
         started = time.perf_counter()
-        invocation = gate.invocation(request, body)
         gate.known(name)
+        invocation = await text_or_document(gate, request)
         note(request, agent=name, routed_by="direct")
         version = gate.pick(request, name, invocation)
         response = {"request_id": request_id_of(request), "agent": name, "version": version}
-        if body.stream:
+        if invocation.stream:
             return await stream_response(gate, request, name, version, invocation, response, started)
         called = await gate.run(request, name, version, invocation)
         return finish(with_result(response, called), started)
@@ -168,18 +188,57 @@ def create_app(gate: Gateway) -> FastAPI:
     async def list_pipelines(_: Principal = invoke_key) -> dict:
         return gate.pipelines_view()
 
-    @app.post("/v1/pipelines/{name}", summary="Run a pipeline by name.", responses={200: SSE_RESPONSE})
-    async def run_pipeline(request: Request, name: str, body: InvokeBody, _: Principal = invoke_key) -> Any:
+    @app.post(
+        "/v1/pipelines/{name}",
+        summary="Run a pipeline by name, on a text or a document.",
+        responses={200: SSE_RESPONSE},
+        openapi_extra=request_body_doc([InvokeBody, DocumentBody], DocumentFields),
+    )
+    async def run_pipeline(request: Request, name: str, _: Principal = invoke_key) -> Any:
         started = time.perf_counter()
-        invocation = gate.invocation(request, body)
         if name not in gate.pipeline_names():
             raise NotFound(f"pipeline {name!r} does not exist (pipelines: {gate.pipeline_names()})")
+        invocation = await text_or_document(gate, request)
         note(request, agent=name, routed_by="direct", version="v1")
         response = {"request_id": request_id_of(request), "pipeline": name}
-        if body.stream:
+        if invocation.stream:
             return await stream_response(gate, request, name, "v1", invocation, response, started)
         called = await gate.run(request, name, "v1", invocation)
         return finish(with_result(response, called), started)
+
+    @app.post(
+        "/v1/extract",
+        summary="Fields, text or tables from a document (PNG, JPEG, TIFF, PDF).",
+        openapi_extra=request_body_doc([ExtractBody], ExtractFields),
+    )
+    async def extract(request: Request, _: Principal = invoke_key) -> dict:
+        started = time.perf_counter()
+        gate.known(EXTRACT_AGENT)
+        document, fields = await read_document_request(request, ExtractFields, gate.config.limits.documents)
+        options = {**fields.options, "query": fields.query, "mode": fields.mode}
+        invocation = gate.document_invocation(request, document, fields, options)
+        note(request, agent=EXTRACT_AGENT, routed_by="direct")
+        version = gate.pick(request, EXTRACT_AGENT, invocation)
+        output = (await gate.run(request, EXTRACT_AGENT, version, invocation)).result.output
+        answer = {"pages": output["pages"], "results": output["results"], "document": output["source"]}
+        # The audit keeps the fields, not the page text again.
+        note(request, output=answer)
+        return finish({"request_id": request_id_of(request), "agent": EXTRACT_AGENT, "version": version, **answer}, started)
+
+    @app.get("/v1/documents/search", summary="Stored documents nearest to a query, best first.")
+    async def search_documents(
+        q: str = Query(..., min_length=1, max_length=2000, description="What to look for, in words."),
+        k: int = Query(5, ge=1, le=100, description="How many documents to return."),
+        _: Principal = invoke_key,
+    ) -> dict:
+        return await gate.search_documents(q, k)
+
+    @app.get("/v1/documents/{document_id}", summary="One stored document record: fields, text, entities, source hash.")
+    async def get_document(
+        document_id: str = FastApiPath(..., pattern=DOCUMENT_ID, description="The record id (32 hex characters)."),
+        _: Principal = invoke_key,
+    ) -> dict:
+        return await gate.document(document_id)
 
     @app.get("/v1/models", summary="Agents and pipelines that accept chat (OpenAI protocol).")
     async def list_models_openai(_: Principal = invoke_key) -> dict:
@@ -235,6 +294,37 @@ def create_app(gate: Gateway) -> FastAPI:
         return Response(payload, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+async def text_or_document(gate: Gateway, request: Request):
+    """An agent's or pipeline's input: a document (multipart, or JSON with document_b64) or a text body."""
+    limits = gate.config.limits.documents
+    if is_multipart(request):
+        document, fields = await read_document_request(request, DocumentFields, limits)
+        return gate.document_invocation(request, document, fields, fields.options)
+    payload = await json_object(request)
+    if "document_b64" in payload:
+        document, fields = document_from_payload(payload, DocumentFields, limits)
+        return gate.document_invocation(request, document, fields, fields.options)
+    return gate.invocation(request, validated(InvokeBody, payload))
+
+
+def request_body_doc(json_models: list[type[BaseModel]], form_model: type[BaseModel]) -> dict:
+    """OpenAPI for a body read by hand: JSON (one of the models) or multipart with a file part."""
+    schemas = [model.model_json_schema() for model in json_models]
+    json_schema = schemas[0] if len(schemas) == 1 else {"oneOf": schemas}
+    form = form_model.model_json_schema()
+    form_properties = {"file": {"type": "string", "format": "binary", "description": "The document."}}
+    form_properties.update({name: {"type": "string", "description": spec.get("description", "")} for name, spec in form["properties"].items()})
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": json_schema},
+                "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": form_properties}},
+            },
+        }
+    }
 
 
 def finish(response: dict, started: float) -> dict:

@@ -37,7 +37,11 @@ RUNTIME_ENV_VARS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 def load(path: str | Path) -> OrchestraConfig:
     """Load an orchestra and check every agent's kind and params against the specialists."""
-    return load_orchestra(path, known_kinds=SPECIALISTS, check_params=validate_params)
+    config = load_orchestra(path, known_kinds=SPECIALISTS, check_params=validate_params)
+    for agent in config.agents:
+        if agent.routable and not agent.composite and any(SPECIALISTS[agent.version_kind(v)].reads_documents for v in agent.versions):
+            raise ConfigError(f"{path}: agent {agent.name!r} reads documents, so the router cannot send it text: set routable: false")
+    return config
 
 
 def rescale(weights: list[int]) -> list[int]:
@@ -121,20 +125,42 @@ def ingress_options(config: OrchestraConfig) -> dict[str, Any]:
     }
 
 
-def _bind_version(agent: AgentSettings, version: VersionSettings, storage_uri: str) -> Application:
+def specialist_params(config: OrchestraConfig, agent: AgentSettings, version: VersionSettings, storage_uri: str) -> dict[str, Any]:
+    """A version's params plus the orchestra settings its specialist kind takes."""
+    params = version.specialist_params(storage_uri)
+    specialist = SPECIALISTS[agent.version_kind(version)]
+    if specialist.uses_storage:
+        params.setdefault("storage", storage_uri)
+    if specialist.reads_documents:
+        params.setdefault("limits", config.limits.documents.model_dump())
+    return params
+
+
+def _bind_version(
+    config: OrchestraConfig, agent: AgentSettings, version: VersionSettings, storage_uri: str, peers: dict[str, dict[str, Application]]
+) -> Application:
+    peer_traffic = {name: {"weights": {v.version: v.weight for v in config.agent(name).versions}, "sticky": False} for name in peers}
     return AgentVersion.options(name=deployment_name(agent.name, version.version), **version_options(version)).bind(
         agent.name,
         version.version,
         agent.version_kind(version),
-        version.specialist_params(storage_uri),
+        specialist_params(config, agent, version, storage_uri),
         version.resources.torch_threads,
         version.batching.model_dump(),
+        peers,
+        peer_traffic,
     )
 
 
 def build_application(config: OrchestraConfig, storage_uri: str) -> Application:
     config = pin_models(config, storage_uri)
-    agents = {a.name: {v.version: _bind_version(a, v, storage_uri) for v in a.versions} for a in config.agents if not a.composite}
+    served = [a for a in config.agents if not a.composite]
+    agents: dict[str, dict[str, Application]] = {}
+    # Agents that others use are bound first, so their handles can be passed in (config
+    # validation keeps ``uses`` one level deep).
+    for agent in sorted(served, key=lambda a: bool(a.uses)):
+        peers = {name: agents[name] for name in agent.uses if name in agents}
+        agents[agent.name] = {v.version: _bind_version(config, agent, v, storage_uri, peers) for v in agent.versions}
     return Ingress.options(name=INGRESS, **ingress_options(config)).bind(config_dict(config), storage_uri, agents)
 
 

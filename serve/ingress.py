@@ -6,6 +6,7 @@ serves the FastAPI app of ``serve.app`` over it. No module-global state.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -19,15 +20,15 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from actors.batching import MicroBatcher
-from actors.composition import LlmLead, Pipeline, Step, Supervisor
+from actors.composition import LlmLead, Pipeline, Supervisor
 from actors.dispatcher import Called, Dispatcher, Target
-from actors.invocation import Chunk, Invocation
+from actors.documents.store import DocumentStore
+from actors.invocation import Chunk, Document, Invocation
 from actors.ratelimit import RateLimiter
 from actors.reporter import BufferedReporter
 from actors.router import RouteDecision, SemanticRouter, build_router, choose_from_segments, team_segments
 from actors.routing import LlmRouter, RoutingPolicy, RuleSet
 from actors.sessions import SessionLimits, SessionStore, open_session_store
-from actors.specialists.registry import SPECIALISTS
 from actors.traffic import TrafficTable
 from cluster.config import OrchestraConfig
 from cluster.errors import Forbidden, NotFound, RateLimited, Unauthorized, ValidationFailed
@@ -37,10 +38,13 @@ from cluster.storage import Storage
 from serve import control as control_module
 from serve.control import ControlPlane
 from serve.agent import deployment_name
-from serve.schemas import ChatBody, InvokeBody, KeyBody, RouteBody, TrafficBody
-from serve.targets import ServeTarget
+from serve.schemas import ChatBody, DocumentFields, InvokeBody, KeyBody, RouteBody, TrafficBody
+from serve.uploads import body_limit
+from serve.targets import serve_targets
 
 logger = logging.getLogger(__name__)
+# A schema-by-example query may be larger than an agent's options; this much more is allowed.
+MAX_QUERY_BYTES = 65_536
 
 
 def note(request: Request, **fields: Any) -> None:
@@ -51,18 +55,6 @@ def note(request: Request, **fields: Any) -> None:
 
 def request_id_of(request: Request) -> str:
     return getattr(request.state, "request_id", None) or "unknown"
-
-
-def serve_targets(config: OrchestraConfig, handles: dict[str, dict[str, DeploymentHandle]]) -> dict[str, dict[str, Target]]:
-    """Each deployed agent version as a dispatcher target."""
-    targets: dict[str, dict[str, Target]] = {}
-    for agent in config.agents:
-        for version in agent.versions:
-            if version.version in handles.get(agent.name, {}):
-                streams = SPECIALISTS[agent.version_kind(version)].streams
-                where = f"agent {agent.name} {version.version}"
-                targets.setdefault(agent.name, {})[version.version] = ServeTarget(handles[agent.name][version.version], streams, where)
-    return targets
 
 
 def session_limits(config: OrchestraConfig) -> SessionLimits:
@@ -87,10 +79,12 @@ class Gateway:
         sessions: SessionStore,
         control: ControlPlane,
         targets: dict[str, dict[str, Target]],
+        documents: DocumentStore | None = None,
         replica: str = "local",
         statuses: Callable[[], dict[str, str]] = dict,
     ):
         self.config, self.keys, self.registry, self.router = config, keys, registry, router
+        self.documents = documents
         self.sessions, self.control, self.replica, self._read_statuses = sessions, control, replica, statuses
         self.limiter = RateLimiter(config.auth.rate_limit.requests_per_s, config.auth.rate_limit.burst)
         batching = config.router.batching
@@ -109,7 +103,7 @@ class Gateway:
             router,
             RuleSet(config.router.rules),
             self.score,
-            llm=LlmRouter(llm, config.agents, self.dispatcher) if llm else None,
+            llm=LlmRouter(llm, [a for a in config.agents if a.routable], self.dispatcher) if llm else None,
         )
         self._background: list[asyncio.Task] = []
         self._statuses: tuple[float, dict[str, str]] = (float("-inf"), {})
@@ -128,6 +122,7 @@ class Gateway:
             sessions=open_session_store(storage_uri, session_limits(settings)),
             control=ControlPlane.of_cluster(settings, storage_uri),
             targets=serve_targets(settings, handles),
+            documents=DocumentStore(Storage(storage_uri)),
             replica=serve.get_replica_context().replica_id.unique_id,
             statuses=deployment_statuses,
         )
@@ -150,8 +145,7 @@ class Gateway:
             )
             self.dispatcher.targets[agent.name] = {v.version: supervisor for v in agent.versions}
         for pipeline in self.config.pipelines:
-            stages = [Step(s.name, s.agent, s.input, s.options) for s in pipeline.steps]
-            self.dispatcher.targets[pipeline.name] = {"v1": Pipeline(pipeline.name, pipeline.mode, stages, steps)}
+            self.dispatcher.targets[pipeline.name] = {"v1": Pipeline.of(pipeline, steps)}
 
     def _team_chooser(self, threshold: float | None):
         threshold = self.config.router.threshold if threshold is None else threshold
@@ -227,6 +221,24 @@ class Gateway:
         size = len(json.dumps(options))
         if size > self.config.limits.max_options_bytes:
             raise ValidationFailed(f"options: must be at most {self.config.limits.max_options_bytes} bytes as JSON, got {size}")
+
+    def document_invocation(self, request: Request, document: Document, fields: DocumentFields, options: dict) -> Invocation:
+        """A document request as an Invocation; the audit keeps the document's hash, not its bytes."""
+        size = len(json.dumps(options))
+        if size > self.config.limits.max_options_bytes + MAX_QUERY_BYTES:
+            raise ValidationFailed(f"options and query: must be at most {self.config.limits.max_options_bytes + MAX_QUERY_BYTES} bytes as JSON, got {size}")
+        note(request, input_sha256=hashlib.sha256(document.data).hexdigest(), metadata=fields.metadata or None)
+        return Invocation(
+            document=document, options=options, session_id=fields.session_id, user_id=fields.user_id,
+            request_id=request_id_of(request), deadline=time.time() + self.config.limits.documents.timeout_s,
+            metadata=dict(fields.metadata),
+        )
+
+    def body_limit(self, path: str) -> int:
+        """Document endpoints take a file as big as limits.documents allows; the rest take JSON."""
+        if path == "/v1/extract" or path.startswith("/v1/pipelines/") or (path.startswith("/v1/agents/") and path.endswith("/invoke")):
+            return body_limit(self.config.limits.documents, self.config.limits.max_body_bytes)
+        return self.config.limits.max_body_bytes
 
     def invocation(self, request: Request, body: InvokeBody, **changes: Any) -> Invocation:
         self.check_input(body.text, body.options)
@@ -396,6 +408,19 @@ class Gateway:
         records = await self.control.call(self.control.audit, "query", since=since, agent=agent, limit=limit)
         return {"records": records}
 
+    async def search_documents(self, query: str, k: int) -> dict:
+        store = self._document_store()
+        vector = (await asyncio.to_thread(self.router.embed, [query]))[0]
+        return {"query": query, "results": await asyncio.to_thread(store.search, vector, k)}
+
+    async def document(self, document_id: str) -> dict:
+        return await asyncio.to_thread(self._document_store().get, document_id)
+
+    def _document_store(self) -> DocumentStore:
+        if self.documents is None:
+            raise NotFound("this deployment keeps no document store")
+        return self.documents
+
     async def stats(self) -> dict:
         return await self.control.call(self.control.monitor, "stats")
 
@@ -422,6 +447,7 @@ class Gateway:
                 "status_code": status,
                 "latency_ms": latency_ms,
                 "text": get("text"),
+                "input_sha256": get("input_sha256"),
                 "output": get("output"),
                 "error": get("error"),
                 "metadata": get("metadata"),

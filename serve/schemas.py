@@ -64,3 +64,32 @@ class ChatBody(BaseModel):
     max_tokens: StrictInt | None = Field(None, ge=1, le=32_768, description="Most tokens to generate (LLM agents).")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature (LLM agents).")
     user: StrictStr | None = Field(None, max_length=128, description="The caller's user id.")
+
+
+class DocumentFields(Body):
+    """A document request's fields besides the document itself (multipart parts, or JSON keys)."""
+
+    filename: StrictStr | None = Field(None, min_length=1, max_length=255, description="The document's file name, kept with its record.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Agent-specific options (documents: engine, pages, page_types).")
+    session_id: StrictStr | None = Field(None, min_length=1, max_length=128, description="Conversation key; sticky version key.")
+    user_id: StrictStr | None = Field(None, min_length=1, max_length=128, description="Caller's user; sticky version key when no session.")
+    metadata: dict[str, Scalar] = Field(default_factory=dict, max_length=32, description="Scalar fields the audit record keeps.")
+
+
+class ExtractFields(DocumentFields):
+    query: dict[str, Any] | Literal["*"] = Field(
+        "*", description="Fields wanted: a schema by example ({\"total\": 0.0, \"date\": \"date\"}), a JSON Schema, or '*' for every pair found."
+    )
+    mode: Literal["fields", "text", "table"] = Field("fields", description="fields: validated JSON; text: OCR lines with boxes; table: tables.")
+
+
+class DocumentB64(BaseModel):
+    document_b64: StrictStr = Field(..., min_length=1, description="The document's bytes in base64 (PNG, JPEG, TIFF or PDF).")
+
+
+class ExtractBody(ExtractFields, DocumentB64):
+    """POST /v1/extract as JSON."""
+
+
+class DocumentBody(DocumentFields, DocumentB64):
+    """POST /v1/agents/{name}/invoke or /v1/pipelines/{name} with a document, as JSON."""

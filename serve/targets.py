@@ -10,7 +10,10 @@ from collections.abc import AsyncIterator
 from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
+from actors.dispatcher import Target
 from actors.invocation import Failure, Invocation, Result, StreamItem
+from actors.specialists.registry import SPECIALISTS
+from cluster.config import OrchestraConfig
 from cluster.errors import BatonError
 from serve.http_errors import SERVE_UNAVAILABLE, from_serve_error
 
@@ -50,3 +53,15 @@ class ServeTarget:
                 yield item
         except Exception as error:
             raise typed(error, self.where) from None
+
+
+def serve_targets(config: OrchestraConfig, handles: dict[str, dict[str, DeploymentHandle]]) -> dict[str, dict[str, Target]]:
+    """Each deployed agent version as a dispatcher target."""
+    targets: dict[str, dict[str, Target]] = {}
+    for agent in config.agents:
+        for version in agent.versions:
+            if version.version in handles.get(agent.name, {}):
+                streams = SPECIALISTS[agent.version_kind(version)].streams
+                where = f"agent {agent.name} {version.version}"
+                targets.setdefault(agent.name, {})[version.version] = ServeTarget(handles[agent.name][version.version], streams, where)
+    return targets

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import time
 import uuid
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from cluster.storage import Storage
 
 console = Console(stderr=True)
 StorageOption = typer.Option(".baton", "--storage", help="Storage URI holding the registry.")
-JOB_EXCLUDES = [".venv", ".baton", ".baton-test", ".git", "__pycache__", "*.pt", "*.safetensors"]
 
 
 def _registry(storage: str) -> ModelRegistry:
@@ -33,28 +31,7 @@ def _registry(storage: str) -> ModelRegistry:
 
 def _submit(module: str, recipe: Path, storage: str, follow: bool) -> None:
     """Run ``python -m <module>`` as a Ray job on the running cluster and stream its logs."""
-    import asyncio
-
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = JobSubmissionClient(local.DASHBOARD_URL)
-    job = client.submit_job(
-        entrypoint=f"python -m {module} --config {recipe.as_posix()}",
-        runtime_env={"working_dir": ".", "excludes": JOB_EXCLUDES, "env_vars": {"BATON_STORAGE": str(Storage(storage).uri)}},
-    )
-    console.print(f"submitted {job} to {local.DASHBOARD_URL} (follow: ray job logs -f {job})")
-    if not follow:
-        return
-
-    async def stream() -> None:
-        async for lines in client.tail_job_logs(job):
-            print(lines, end="", flush=True)
-
-    asyncio.run(stream())
-    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        time.sleep(1)
-    if status != JobStatus.SUCCEEDED:
-        raise BatonError(f"job {job} ended {status.value}")
+    local.run_job(f"python -m {module} --config {recipe.as_posix()}", {"BATON_STORAGE": str(Storage(storage).uri)}, follow)
 
 
 def _run(module: str, recipe: Path, storage: str, follow: bool) -> None:

@@ -18,6 +18,7 @@ from actors.llm.chat import (
     ChatRequest,
     Event,
     Finish,
+    ImagePart,
     Transient,
     final_error,
     parse_retry_after,
@@ -44,6 +45,8 @@ DENIED = {
 
 class BedrockProvider:
     name = "bedrock"
+    # As Converse image blocks; a model that reads no images answers ValidationException (ValidationFailed).
+    takes_images = True
 
     def __init__(self, model: str, region: str | None, guardrail: tuple[str, str] | None, timeout_s: float):
         self.model = model
@@ -74,7 +77,7 @@ class BedrockProvider:
             inference["temperature"] = request.temperature
         if request.stop:
             inference["stopSequences"] = list(request.stop)
-        body = {"modelId": self.model, "messages": alternating(request.turns), "inferenceConfig": inference}
+        body = {"modelId": self.model, "messages": with_images(alternating(request.turns), request.images), "inferenceConfig": inference}
         if request.system:
             body["system"] = [{"text": request.system}]
         if self.guardrail:
@@ -114,9 +117,22 @@ def alternating(turns: Iterable[dict]) -> list[dict]:
     messages: list[dict] = []
     for turn in turns:
         if messages and messages[-1]["role"] == turn["role"]:
-            messages[-1]["content"][0]["text"] += "\n\n" + turn["content"]
+            block = messages[-1]["content"][0]
+            # A turn of images alone has no text to join.
+            block["text"] = "\n\n".join(text for text in (block["text"], turn["content"]) if text)
         else:
             messages.append({"role": turn["role"], "content": [{"text": turn["content"]}]})
+    return messages
+
+
+def with_images(messages: list[dict], images: tuple[ImagePart, ...]) -> list[dict]:
+    """The Converse messages with image blocks after the last user message's text; that text block
+    goes when it is empty (a message of images alone), since Converse rejects blank text."""
+    if not images:
+        return messages
+    last = next(message for message in reversed(messages) if message["role"] == "user")
+    blocks = [{"image": {"format": image.media_type.removeprefix("image/"), "source": {"bytes": image.data}}} for image in images]
+    last["content"] = [block for block in last["content"] if block["text"]] + blocks
     return messages
 
 

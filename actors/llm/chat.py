@@ -27,10 +27,23 @@ CONFIG_RETRY_AFTER_S = 60.0
 T = TypeVar("T")
 
 
+# The image formats every provider that takes images reads (Converse's four).
+IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """An image sent with a user turn: the decoded bytes and their media type (one of ``IMAGE_MEDIA_TYPES``)."""
+
+    data: bytes
+    media_type: str
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     """One generation: the system text, the turns ({"role": "user"|"assistant", "content": str}),
-    the sampling settings, and the ``time.monotonic()`` by which everything must be done."""
+    the sampling settings, and the ``time.monotonic()`` by which everything must be done.
+    ``images`` go with the last user turn; providers without ``takes_images`` drop them."""
 
     system: str | None
     turns: tuple[dict, ...]
@@ -38,6 +51,7 @@ class ChatRequest:
     temperature: float | None
     stop: tuple[str, ...]
     deadline: float
+    images: tuple[ImagePart, ...] = ()
 
     def remaining_s(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
@@ -61,9 +75,11 @@ Event = Union[Chunk, Finish]
 
 class Provider(Protocol):
     """One model behind one API. ``start`` makes one attempt: it raises ``Transient`` or a
-    BatonError before anything is generated, else returns the events, which raise BatonErrors only."""
+    BatonError before anything is generated, else returns the events, which raise BatonErrors only.
+    ``takes_images`` says whether the model sees ``request.images``; a text-only one drops them."""
 
     name: str
+    takes_images: bool
 
     def start(self, request: ChatRequest, stream: bool) -> Iterator[Event]: ...
 

@@ -20,7 +20,11 @@ from cluster.storage import Storage
 
 
 class LocalProvider:
+    """A text-only model: ``request.images`` are dropped without an error, and the turn they came
+    with is prompted by its text alone (so callers can send one chat to any provider)."""
+
     name = "local"
+    takes_images = False
 
     def __init__(self, directory: str | Path, device: str, torch_threads: int | None):
         if not Path(directory).is_dir():
@@ -47,6 +51,7 @@ class LocalProvider:
 
     def prompt(self, request: ChatRequest) -> str:
         """The chat as the model was trained to read it: its chat template, else "role: content" lines."""
+        # request.images are not read: causal LMs loaded by AutoModelForCausalLM take token ids only.
         messages = ([{"role": "system", "content": request.system}] if request.system else []) + list(request.turns)
         if self.tokenizer.chat_template:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

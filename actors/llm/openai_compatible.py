@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from typing import Any, Iterator
@@ -19,6 +20,7 @@ from actors.llm.chat import (
     ChatRequest,
     Event,
     Finish,
+    ImagePart,
     Transient,
     approximate_tokens,
     parse_retry_after,
@@ -30,6 +32,8 @@ STOP_REASONS = {"stop": END_TURN, "length": MAX_TOKENS, "content_filter": CONTEN
 
 class OpenAICompatibleProvider:
     name = "openai"
+    # Sent as image_url parts; a server whose model reads no images answers 400 (ValidationFailed).
+    takes_images = True
 
     def __init__(self, model: str, base_url: str, api_key_env: str | None):
         self.model = model
@@ -55,7 +59,8 @@ class OpenAICompatibleProvider:
 
     def _body(self, request: ChatRequest, stream: bool) -> dict[str, Any]:
         system = [{"role": "system", "content": request.system}] if request.system else []
-        body: dict[str, Any] = {"model": self.model, "messages": [*system, *request.turns], "max_tokens": request.max_tokens, "stream": stream}
+        messages = with_images([*system, *request.turns], request.images)
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": request.max_tokens, "stream": stream}
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.stop:
@@ -128,6 +133,22 @@ class OpenAICompatibleProvider:
         if status in (400, 422):
             return ValidationFailed(described)
         return Unavailable(described, retry_after_s=CONFIG_RETRY_AFTER_S)
+
+
+def with_images(messages: list[dict], images: tuple[ImagePart, ...]) -> list[dict]:
+    """The messages with the last user one's content as OpenAI parts, its text then the images as
+    data: URLs. A copy: ``request.turns`` stay strings, which the token estimate of ``_finish`` reads."""
+    if not images:
+        return messages
+    last = max(index for index, message in enumerate(messages) if message["role"] == "user")
+    text = messages[last]["content"]
+    parts = [{"type": "text", "text": text}] if text else []
+    parts += [{"type": "image_url", "image_url": {"url": data_url(image)}} for image in images]
+    return [*messages[:last], {"role": "user", "content": parts}, *messages[last + 1 :]]
+
+
+def data_url(image: ImagePart) -> str:
+    return f"data:{image.media_type};base64,{base64.b64encode(image.data).decode('ascii')}"
 
 
 def _finish(finish_reason: str | None, usage: dict | None, request: ChatRequest, text: str) -> Finish:

@@ -48,12 +48,22 @@ class Specialist(abc.ABC):
     batchable: ClassVar[bool] = False
     # True for agents whose stream() yields Chunks before the Result (LLMs).
     streams: ClassVar[bool] = False
+    # Orchestra settings the deployment builder passes in as params: the storage URI
+    # (param ``storage``) and the document limits (param ``limits``).
+    uses_storage: ClassVar[bool] = False
+    reads_documents: ClassVar[bool] = False
 
     def __init__(self, params: dict | None = None):
         self.params = self.Params.model_validate(params or {})
+        # The agents this one may call (its config's ``uses``), set by the serving replica.
+        self.peers = None
         self._loaded = False
         # Serve may run predict on several threads; the first calls must not load twice.
         self._load_lock = threading.Lock()
+
+    def connect(self, peers) -> None:
+        """Reach other agents through ``peers`` (an ``actors.peers.Peers``) instead of in-process."""
+        self.peers = peers
 
     def load(self) -> None:
         """Load the model once; later calls return at once."""

@@ -3,19 +3,30 @@ transformers; it streams Chunks of text and ends with a Result that carries the 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from typing import Annotated, Any, ClassVar, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from actors.invocation import Invocation, Result, StreamItem, content_text, drain
-from actors.llm.chat import ChatRequest, Finish, Provider, with_retries
+from actors.llm.chat import IMAGE_MEDIA_TYPES, ChatRequest, Finish, ImagePart, Provider, with_retries
 from actors.specialists.base import Specialist
-from cluster.errors import ValidationFailed
+from cluster.errors import PayloadTooLarge, ValidationFailed
 from cluster.registry import REF_SCHEME
 
 MAX_TOKENS_LIMIT = 32_768
 ROLES = ("system", "user", "assistant")
+MAX_IMAGES, MAX_IMAGE_BYTES = 4, 10 * 1024 * 1024
+# The first bytes of each image format: a part whose bytes are not what its media type says is refused
+# here, naming the field, rather than by the provider in its own words.
+IMAGE_SIGNATURES = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/webp": (b"RIFF",),
+}
 # The fields that only one provider reads; setting one for another provider is a config mistake.
 PROVIDER_FIELDS = {
     "region": "bedrock",
@@ -65,6 +76,13 @@ class LlmParams(BaseModel):
     )
     device: Literal["cpu", "cuda", "auto"] = Field("auto", description="local: where the model runs; auto takes CUDA when present.")
     torch_threads: int | None = Field(None, ge=1, le=256, description="local: torch CPU threads; None keeps torch's default.")
+    max_images: int = Field(
+        MAX_IMAGES, ge=0, le=20,
+        description="Images (image_url parts with data: URLs) the last user message may carry; 0 refuses images; local models drop them.",
+    )
+    max_image_bytes: int = Field(
+        MAX_IMAGE_BYTES, ge=1, le=100 * 1024 * 1024, description="Decoded bytes of those images in all (413 above)."
+    )
 
     @model_validator(mode="after")
     def _fits_provider(self) -> LlmParams:
@@ -91,12 +109,20 @@ class LlmOptions(BaseModel):
     stop: list[StopSequence] | None = Field(None, max_length=4, description="Up to 4 texts that end the answer; they are not part of it.")
 
 
-def conversation(invocation: Invocation, system_prompt: str | None) -> tuple[str | None, tuple[dict, ...]]:
-    """(system text, user/assistant turns) of an invocation: the earlier turns of its session, then
-    its chat messages or its text as one user message. System messages join the system text."""
+def conversation(
+    invocation: Invocation, system_prompt: str | None, max_images: int = MAX_IMAGES, max_image_bytes: int = MAX_IMAGE_BYTES
+) -> tuple[str | None, tuple[dict, ...], tuple[ImagePart, ...]]:
+    """(system text, user/assistant turns, images) of an invocation: the earlier turns of its session,
+    then its chat messages or its text as one user message. System messages join the system text.
+
+    The images are the image_url parts of the last user message of ``messages``; they go with that
+    turn. Image parts anywhere else (earlier messages, the session's history) are ignored: the model
+    is asked about the picture just sent, and stored turns keep text only."""
     if invocation.document is not None:
         raise ValidationFailed("an llm agent reads text or chat messages, not documents")
     latest = invocation.messages if invocation.messages is not None else ({"role": "user", "content": invocation.text},)
+    last_user = max((index for index, message in enumerate(latest) if isinstance(message, dict) and message.get("role") == "user"), default=None)
+    images = () if last_user is None else message_images(latest[last_user], last_user, max_images, max_image_bytes)
     systems = [system_prompt] if system_prompt else []
     turns = []
     for source, messages in (("history", invocation.history), ("messages", latest)):
@@ -105,16 +131,57 @@ def conversation(invocation: Invocation, system_prompt: str | None) -> tuple[str
             if role not in ROLES:
                 raise ValidationFailed(f"{source}[{index}].role: must be one of {', '.join(ROLES)}, got {role!r}")
             text = content_text(message.get("content"))
-            # An empty turn (a stored answer cut to nothing) says nothing, and Bedrock rejects blank text.
+            # An empty turn (a stored answer cut to nothing) says nothing, and Bedrock rejects blank text;
+            # a user message of images alone still asks something.
             if not text.strip():
-                continue
+                if not (images and source == "messages" and index == last_user):
+                    continue
+                text = ""
             if role == "system":
                 systems.append(text)
             else:
                 turns.append({"role": role, "content": text})
     if not turns:
-        raise ValidationFailed("messages: needs at least one user or assistant message with text")
-    return "\n\n".join(systems) or None, tuple(turns)
+        raise ValidationFailed("messages: needs at least one user or assistant message with text or images")
+    return "\n\n".join(systems) or None, tuple(turns), images
+
+
+def message_images(message: dict, index: int, max_images: int, max_image_bytes: int) -> tuple[ImagePart, ...]:
+    """The images of one chat message's OpenAI image_url parts, decoded; counted before any is decoded."""
+    content = message.get("content")
+    content = content if isinstance(content, list) else []
+    parts = [(number, part) for number, part in enumerate(content) if isinstance(part, dict) and part.get("type") == "image_url"]
+    if len(parts) > max_images:
+        raise ValidationFailed(f"messages[{index}].content: {len(parts)} images; this agent takes at most {max_images} (params.max_images)")
+    images, size = [], 0
+    for number, part in parts:
+        image = decode_data_url(part.get("image_url"), f"messages[{index}].content[{number}].image_url.url")
+        size += len(image.data)
+        if size > max_image_bytes:
+            raise PayloadTooLarge(f"messages[{index}].content: images over {max_image_bytes} bytes decoded in all (params.max_image_bytes)")
+        images.append(image)
+    return tuple(images)
+
+
+def decode_data_url(image_url: Any, field: str) -> ImagePart:
+    """An image from ``{"url": "data:<media type>;base64,<data>"}``. Only inline data is taken:
+    fetching a URL on a caller's behalf would let callers make baton's replicas reach any host."""
+    url = image_url.get("url") if isinstance(image_url, dict) else None
+    if not isinstance(url, str) or not url.startswith("data:"):
+        raise ValidationFailed(f"{field}: only data: URLs; baton fetches nothing")
+    header, comma, payload = url.removeprefix("data:").partition(",")
+    media_type, *attributes = (piece.strip().lower() for piece in header.split(";"))
+    if not comma or "base64" not in attributes:
+        raise ValidationFailed(f"{field}: must be a base64 data: URL (data:image/png;base64,...)")
+    if media_type not in IMAGE_MEDIA_TYPES:
+        raise ValidationFailed(f"{field}: media type {media_type!r} is not one of {', '.join(IMAGE_MEDIA_TYPES)}")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except binascii.Error:
+        raise ValidationFailed(f"{field}: the data is not valid base64") from None
+    if not data.startswith(IMAGE_SIGNATURES[media_type]) or (media_type == "image/webp" and data[8:12] != b"WEBP"):
+        raise ValidationFailed(f"{field}: the data is not a {media_type.removeprefix('image/').upper()} image")
+    return ImagePart(data, media_type)
 
 
 def open_provider(params: LlmParams) -> Provider:
@@ -166,7 +233,7 @@ class LlmSpecialist(Specialist):
         return outputs
 
     def _request(self, invocation: Invocation, options: LlmOptions) -> ChatRequest:
-        system, turns = conversation(invocation, self.params.system_prompt)
+        system, turns, images = conversation(invocation, self.params.system_prompt, self.params.max_images, self.params.max_image_bytes)
         remaining = invocation.remaining_s()
         budget = self.params.timeout_s if remaining is None else min(remaining, self.params.timeout_s)
         return ChatRequest(
@@ -176,6 +243,7 @@ class LlmSpecialist(Specialist):
             temperature=self.params.temperature if options.temperature is None else options.temperature,
             stop=tuple(options.stop or ()),
             deadline=time.monotonic() + budget,
+            images=images,
         )
 
     def _generate(self, request: ChatRequest, stream: bool) -> Iterator[StreamItem]:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from actors.specialists.base import Specialist
 from actors.specialists.classify import ClassifySpecialist
+from actors.specialists.document_index import DocumentIndexSpecialist
+from actors.specialists.documents import DocumentsSpecialist
 from actors.specialists.echo import EchoSpecialist
 from actors.specialists.embed import EmbedSpecialist
 from actors.specialists.entities import EntitiesSpecialist
+from actors.specialists.faces import FacesSpecialist
 from actors.specialists.incident import IncidentEntitiesSpecialist
 from actors.specialists.keyphrases import KeyphrasesSpecialist
 from actors.specialists.language import LanguageSpecialist
 from actors.specialists.llm import LlmSpecialist
+from actors.specialists.moderation import ModerationSpecialist
+from actors.specialists.ocr import OcrSpecialist
 from actors.specialists.pii import PiiSpecialist
 from actors.specialists.sentiment import SentimentSpecialist
 from actors.specialists.summarize import SummarizeSpecialist
@@ -31,6 +36,11 @@ SPECIALISTS: dict[str, type[Specialist]] = {
         LlmSpecialist,
         TriageSpecialist,
         IncidentEntitiesSpecialist,
+        OcrSpecialist,
+        DocumentsSpecialist,
+        DocumentIndexSpecialist,
+        FacesSpecialist,
+        ModerationSpecialist,
     )
 }
 

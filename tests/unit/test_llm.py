@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import pickle
 import socket
 import threading
@@ -14,8 +15,10 @@ from botocore.stub import Stubber
 from pydantic import ValidationError
 
 from actors.invocation import Chunk, Invocation, Result
-from actors.llm.chat import Transient, with_retries
-from actors.llm.local import StopSequences
+from actors.llm.bedrock import BedrockProvider
+from actors.llm.chat import ImagePart, Transient, with_retries
+from actors.llm.local import LocalProvider, StopSequences
+from actors.llm.openai_compatible import OpenAICompatibleProvider
 from actors.specialists.llm import LlmSpecialist, conversation
 from cluster.errors import PayloadTooLarge, RateLimited, Unavailable, ValidationFailed
 from tests.unit.llm_doubles import (
@@ -27,6 +30,17 @@ from tests.unit.llm_doubles import (
 )
 
 CHAT_TEMPLATE = "{% for m in messages %}{{ m.role }} : {{ m.content }} . {% endfor %}{% if add_generation_prompt %}assistant :{% endif %}"
+# The smallest bytes that pass the format checks (the signature); no provider here decodes them.
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
+JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 8
+
+
+def image_part(data: bytes = PNG, media_type: str = "image/png") -> dict:
+    return {"type": "image_url", "image_url": {"url": f"data:{media_type};base64,{base64.b64encode(data).decode()}"}}
+
+
+def user_message(text: str | None, *images: dict) -> dict:
+    return {"role": "user", "content": [*([{"type": "text", "text": text}] if text else []), *images]}
 
 
 def run(specialist: LlmSpecialist, invocation: Invocation) -> tuple[list[str], Result]:
@@ -91,11 +105,70 @@ def test_conversation_is_system_prompt_then_history_then_messages() -> None:
         ),
         history=({"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}, {"role": "assistant", "content": "Hello"}),
     )
-    system, turns = conversation(invocation, "Be brief.")
+    system, turns, images = conversation(invocation, "Be brief.")
+    assert images == ()
     assert system == "Be brief.\n\nAnswer in French."
     # The empty stored answer is dropped; the rest keeps its order.
     assert turns == ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "And now?"})
-    assert conversation(Invocation(text="Hi"), None) == (None, ({"role": "user", "content": "Hi"},))
+    assert conversation(Invocation(text="Hi"), None) == (None, ({"role": "user", "content": "Hi"},), ())
+
+
+def test_conversation_takes_the_images_of_the_last_user_message_only() -> None:
+    invocation = Invocation(
+        messages=(
+            user_message("Earlier", image_part(JPEG, "image/jpeg")),
+            {"role": "assistant", "content": "Seen"},
+            user_message("What is this?", image_part(), image_part(JPEG, "image/jpeg")),
+        ),
+        history=(user_message("Stored", image_part()),),
+    )
+    _, turns, images = conversation(invocation, None)
+    assert images == (ImagePart(PNG, "image/png"), ImagePart(JPEG, "image/jpeg"))
+    assert [turn["content"] for turn in turns] == ["Stored", "Earlier", "Seen", "What is this?"]
+
+
+def test_a_user_message_of_images_alone_is_a_turn() -> None:
+    _, turns, images = conversation(Invocation(messages=({"role": "system", "content": "x"}, user_message(None, image_part()))), None)
+    assert turns == ({"role": "user", "content": ""},) and images == (ImagePart(PNG, "image/png"),)
+    # Without images an empty message still says nothing; an empty earlier one with an image too.
+    with pytest.raises(ValidationFailed, match="at least one user or assistant message"):
+        conversation(Invocation(messages=(user_message(None, image_part()), {"role": "assistant", "content": ""}, user_message(None))), None)
+
+
+@pytest.mark.parametrize(
+    ("part", "error", "message"),
+    [
+        (
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+            ValidationFailed,
+            r"messages\[0\]\.content\[1\]\.image_url\.url: only data: URLs; baton fetches nothing",
+        ),
+        ({"type": "image_url", "image_url": "data:image/png;base64,AAAA"}, ValidationFailed, "only data: URLs"),
+        ({"type": "image_url", "image_url": {"url": "data:image/png,%89PNG"}}, ValidationFailed, "must be a base64 data: URL"),
+        ({"type": "image_url", "image_url": {"url": "data:image/png;base64,not base64!"}}, ValidationFailed, "not valid base64"),
+        (image_part(PNG, "image/bmp"), ValidationFailed, "media type 'image/bmp' is not one of image/png, image/jpeg, image/gif, image/webp"),
+        (image_part(JPEG, "image/png"), ValidationFailed, "the data is not a PNG image"),
+        (image_part(b"RIFF\x00\x00\x00\x00WAVE", "image/webp"), ValidationFailed, "the data is not a WEBP image"),
+    ],
+)
+def test_image_parts_are_checked_and_name_the_field(part: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message) as raised:
+        conversation(Invocation(messages=(user_message("Look", part),)), None)
+    assert raised.value.status == 422
+
+
+def test_images_are_limited_in_number_and_decoded_bytes() -> None:
+    with pytest.raises(ValidationFailed, match=r"messages\[0\]\.content: 5 images; this agent takes at most 4 \(params.max_images\)") as raised:
+        conversation(Invocation(messages=(user_message("Look", *[image_part()] * 5),)), None)
+    assert raised.value.status == 422
+    with pytest.raises(PayloadTooLarge, match=r"params.max_image_bytes") as raised:
+        conversation(Invocation(messages=(user_message("Look", image_part(), image_part()),)), None, max_image_bytes=len(PNG) * 2 - 1)
+    assert raised.value.status == 413
+    assert len(conversation(Invocation(messages=(user_message("Look", image_part(), image_part()),)), None, max_image_bytes=len(PNG) * 2)[2]) == 2
+
+
+def test_providers_say_whether_they_take_images() -> None:
+    assert BedrockProvider.takes_images and OpenAICompatibleProvider.takes_images and not LocalProvider.takes_images
 
 
 def test_conversation_rejects_documents_unknown_roles_and_empty_chats() -> None:
@@ -262,6 +335,40 @@ def test_bedrock_converse_stream_yields_chunks_then_the_result(aws_credentials: 
     assert seen == [{"messages": [{"role": "user", "content": [{"text": "Say hello"}]}], "inferenceConfig": {"maxTokens": 3}, "system": [{"text": "Be brief."}]}]
 
 
+def test_bedrock_sends_the_images_as_blocks_after_the_last_user_text(aws_credentials: None) -> None:
+    specialist = bedrock()
+    invocation = Invocation(
+        messages=({"role": "user", "content": "Hi"}, user_message("What is this?", image_part(), image_part(JPEG, "image/jpeg"))),
+    )
+    expected = {
+        "modelId": "anthropic.claude-test",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"text": "Hi\n\nWhat is this?"},
+                    {"image": {"format": "png", "source": {"bytes": PNG}}},
+                    {"image": {"format": "jpeg", "source": {"bytes": JPEG}}},
+                ],
+            }
+        ],
+        "inferenceConfig": {"maxTokens": 512},
+    }
+    with Stubber(specialist.provider.client) as stubber:
+        stubber.add_response("converse", CONVERSE_ANSWER, expected)
+        assert run(specialist, invocation)[1].output["text"] == "Bonjour !"
+        stubber.assert_no_pending_responses()
+
+
+def test_bedrock_user_message_of_images_alone_has_no_blank_text_block(aws_credentials: None) -> None:
+    specialist = bedrock()
+    seen = serve_converse_stream(specialist.provider.client, STREAM_EVENTS)
+    history = ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"})
+    run(specialist, Invocation(messages=(user_message(None, image_part()),), history=history, stream=True))
+    # Converse's JSON carries blobs as base64.
+    assert seen[0]["messages"][-1] == {"role": "user", "content": [{"image": {"format": "png", "source": {"bytes": base64.b64encode(PNG).decode()}}}]}
+
+
 def test_bedrock_error_inside_the_stream_propagates_after_the_first_chunk(aws_credentials: None) -> None:
     specialist = bedrock()
     serve_converse_stream(specialist.provider.client, [STREAM_EVENTS[1], converse_exception("throttlingException", "Too many tokens")])
@@ -318,6 +425,34 @@ def test_openai_streams_chunks_as_the_server_sends_them(server: OpenAIServerDoub
         "stop": ["END"],
         "stream_options": {"include_usage": True},
     }
+
+
+def test_openai_sends_the_images_as_data_url_parts_of_the_last_user_message(server: OpenAIServerDouble) -> None:
+    invocation = Invocation(messages=(user_message("What is this?", image_part(JPEG, "image/jpeg")), {"role": "assistant", "content": "It is"}))
+    _, result = run(openai_agent(server), invocation)
+    assert server.requests[0]["body"]["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "What is this?"}, image_part(JPEG, "image/jpeg")]},
+        {"role": "assistant", "content": "It is"},
+    ]
+    assert result.output["text"] == "Hello from the loopback server."
+
+
+def test_openai_user_message_of_images_alone_is_sent_without_a_text_part() -> None:
+    with OpenAIServerDouble(send_usage=False) as server:
+        _, result = run(openai_agent(server, system_prompt="Describe images."), Invocation(messages=(user_message(None, image_part()),)))
+    assert server.requests[0]["body"]["messages"] == [{"role": "system", "content": "Describe images."}, {"role": "user", "content": [image_part()]}]
+    # The token estimate reads the text turns only.
+    assert result.usage["input_tokens"] == 4
+
+
+@pytest.mark.parametrize(
+    ("message", "status"),
+    [(user_message("Look", {"type": "image_url", "image_url": {"url": "http://10.0.0.1/cat.png"}}), 422), (user_message("Look", *[image_part()] * 3), 422)],
+)
+def test_openai_refused_images_never_reach_the_server(server: OpenAIServerDouble, message: dict, status: int) -> None:
+    with pytest.raises(ValidationFailed) as raised:
+        run(openai_agent(server, max_images=2), Invocation(messages=(message,)))
+    assert raised.value.status == status and server.requests == []
 
 
 def test_openai_unary_call_and_max_tokens(server: OpenAIServerDouble) -> None:
@@ -461,6 +596,15 @@ def test_local_prompt_uses_the_chat_template_when_there_is_one(tmp_path: Path, t
     assert plain.provider.prompt(request) == "system: be short\nuser: hi\nassistant: a dog\nuser: the fox\nassistant:"
     _, result = run(templated, invocation.derive(options={"max_tokens": 2}))
     assert result.usage["output_tokens"] == 2
+
+
+def test_local_drops_images_and_prompts_the_text(tiny_gpt2: Path) -> None:
+    specialist = local_agent(tiny_gpt2)
+    invocation = Invocation(messages=(user_message("the fox", image_part()),), options={"max_tokens": 2})
+    request = specialist._request(invocation, specialist.validate_options(invocation.options))
+    assert request.images == (ImagePart(PNG, "image/png"),)
+    assert specialist.provider.prompt(request) == "user: the fox\nassistant:"
+    assert run(specialist, invocation)[1].usage["output_tokens"] == 2
 
 
 def test_local_stop_sequence_ends_the_answer(tiny_gpt2: Path) -> None:

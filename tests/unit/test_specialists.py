@@ -48,13 +48,13 @@ def pii() -> Specialist:
 def test_registry_lists_the_default_kinds() -> None:
     assert set(SPECIALISTS) == {
         "language", "sentiment", "entities", "pii", "echo", "classify", "keyphrases", "summarize", "embed", "llm",
-        "log_triage", "incident_entities",
+        "log_triage", "incident_entities", "ocr", "documents", "document_index", "faces", "moderation",
     }
     assert all(cls.kind == kind for kind, cls in SPECIALISTS.items())
 
 
 def test_unknown_kind_names_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="known: classify, echo, embed, entities, incident_entities, keyphrases, language, llm, log_triage, pii, sentiment, summarize"):
+    with pytest.raises(ValueError, match="known: classify, document_index, documents, echo, embed, entities, faces, incident_entities, keyphrases, language, llm, log_triage, moderation, ocr, pii, sentiment, summarize"):
         create_specialist("translate")
     with pytest.raises(ValueError, match="translate"):
         validate_params("translate", None)

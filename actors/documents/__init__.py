@@ -1,0 +1,1 @@
+"""Documents: decoding pages within limits, OCR output, field extraction, the record store."""
