@@ -57,34 +57,54 @@ def field_hits(labels: dict[str, str], text: str) -> dict[str, bool]:
 
 
 def deskewed(pixels: np.ndarray) -> np.ndarray:
-    """Rotated by the skew of the ink's minimum-area rectangle (OpenCV), on a white fill."""
+    """Levelled by the angle of the ink's minimum-area rectangle (OpenCV)."""
     gray = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
     ink = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY_INV | cv2.THRESH_OTSU)[1]
     points = cv2.findNonZero(ink)
     if points is None:
         return pixels
     angle = cv2.minAreaRect(points)[2]
-    angle = angle - 90 if angle > 45 else angle
-    if abs(angle) < 0.3:
-        return pixels
-    height, width = gray.shape
-    rotation = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
-    return cv2.warpAffine(pixels, rotation, (width, height), flags=cv2.INTER_CUBIC, borderValue=(255, 255, 255))
+    # OpenCV reports the rectangle's angle in [-90, 0) or (0, 90] depending on the version.
+    angle = angle + 90 if angle < -45 else angle - 90 if angle > 45 else angle
+    return _rotated(pixels, angle)
 
 
 def deskewed_hough(pixels: np.ndarray) -> np.ndarray:
-    """Rotated by the median angle of near-horizontal Hough line segments of the text."""
+    """Levelled by the median angle of near-horizontal Hough line segments."""
     gray = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
     edges = cv2.Canny(gray, 50, 150)
     segments = cv2.HoughLinesP(edges, 1, np.pi / 720, threshold=80, minLineLength=gray.shape[1] // 4, maxLineGap=20)
     if segments is None:
         return pixels
-    angles = [np.degrees(np.arctan2(y1 - y0, x1 - x0)) for x0, y0, x1, y1 in segments[:, 0]]
-    near_flat = [a for a in angles if abs(a) < 15]
-    angle = float(np.median(near_flat)) if near_flat else 0.0
+    angles = [np.degrees(np.arctan2(y1 - y0, x1 - x0)) for x0, y0, x1, y1 in segments.reshape(-1, 4)]
+    near_flat = [angle for angle in angles if abs(angle) < 15]
+    return _rotated(pixels, float(np.median(near_flat))) if near_flat else pixels
+
+
+_detector = None
+
+
+def deskewed_by_detector(pixels: np.ndarray) -> np.ndarray:
+    """Levelled by the median slope of rapidocr's own text detections (one extra det pass)."""
+    global _detector
+    from rapidocr import RapidOCR
+
+    from actors.specialists.ocr import _slopes
+
+    if _detector is None:
+        _detector = RapidOCR(params={"Global.log_level": "warning", "Global.use_rec": False, "Global.use_cls": False})
+    found = _detector(np.ascontiguousarray(pixels[:, :, ::-1]))
+    if found.boxes is None or len(found.boxes) == 0:
+        return pixels
+    return _rotated(pixels, float(np.degrees(np.arctan(np.median(_slopes(found.boxes))))))
+
+
+def _rotated(pixels: np.ndarray, angle: float) -> np.ndarray:
+    """Turned counter-clockwise by ``angle`` degrees (text sloping down to the right has a
+    positive angle and comes out level), on white; angles under 0.3° are left alone."""
     if abs(angle) < 0.3:
         return pixels
-    height, width = gray.shape
+    height, width = pixels.shape[:2]
     rotation = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
     return cv2.warpAffine(pixels, rotation, (width, height), flags=cv2.INTER_CUBIC, borderValue=(255, 255, 255))
 
@@ -104,6 +124,7 @@ PREPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "default": lambda pixels: pixels,
     "deskew": deskewed,
     "deskew-hough": deskewed_hough,
+    "deskew-det": deskewed_by_detector,
     "otsu": otsu,
     "adaptive": adaptive,
     "legacy": lambda pixels: pixels,

@@ -411,7 +411,7 @@ class Gateway:
     async def search_documents(self, query: str, k: int) -> dict:
         store = self._document_store()
         vector = (await asyncio.to_thread(self.router.embed, [query]))[0]
-        return {"query": query, "results": await asyncio.to_thread(store.search, vector, k)}
+        return {"query": query, "results": await asyncio.to_thread(store.search, vector, k, query)}
 
     async def document(self, document_id: str) -> dict:
         return await asyncio.to_thread(self._document_store().get, document_id)

@@ -212,7 +212,8 @@ class LabelMatcher:
         best: Label | None = None
         for match in re.finditer(r"\S+", text):
             prefix = text[: match.end()]
-            if len(prefix.split()) > MAX_LABEL_WORDS or (find_amounts(match.group(0)) and prefix != match.group(0)):
+            # A word with digits is a value ("INV-2024-0815"), never part of a label.
+            if len(prefix.split()) > MAX_LABEL_WORDS or any(char.isdigit() for char in match.group(0)):
                 break
             found = self.best(prefix)
             # The longest matching prefix wins: "Total Qty" is a quantity, not a total.

@@ -10,7 +10,7 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ CHUNK_CHARS = 200
 CHUNK_OVERLAP = 40
 SNIPPET_CHARS = 200
 _ID = re.compile(r"^[0-9a-f]{32}$")
+_WORD = re.compile(r"\w+")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _RECORD_FILE = re.compile(r"^([0-9a-f]{32})\.parquet$")
 
@@ -117,7 +118,7 @@ class DocumentRecord:
     entities: Any = None
     pii_entities: Any = None
     redacted_text: str | None = None
-    stored_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    stored_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
         record_id(self.sha256)
@@ -156,6 +157,12 @@ class _Entry:
     filename: str | None
     vectors: np.ndarray
     snippets: list[str]
+    words: list[frozenset[str]]
+
+
+def words_of(text: str) -> frozenset[str]:
+    """The case-folded words of a text, for matching a query's words."""
+    return frozenset(_WORD.findall(text.casefold()))
 
 
 def _snippet(text: str) -> str:
@@ -177,6 +184,7 @@ class DocumentStore:
         self._entries: dict[str, _Entry] = {}
         # The rows of every indexed chunk, documents in ``_order``, each starting at ``_starts``.
         self._order: list[str] = []
+        self._chunk_words: list[frozenset[str]] = []
         self._matrix = np.zeros((0, 0), dtype=np.float32)
         self._starts = np.zeros(0, dtype=np.int64)
 
@@ -214,8 +222,11 @@ class DocumentStore:
         self.storage.fs.invalidate_cache(path)
         return self.storage.fs.exists(path)
 
-    def search(self, query_vector: Any, k: int = 10) -> list[dict[str, Any]]:
-        """The ``k`` documents most like the query, each scored by its best chunk's cosine."""
+    def search(self, query_vector: Any, k: int = 10, query_text: str | None = None) -> list[dict[str, Any]]:
+        """The ``k`` documents most like the query, each scored by its best chunk: the chunk's
+        cosine with the query's embedding, averaged with the share of the query's words the
+        chunk holds when ``query_text`` is given (MiniLM alone ranks printed names and amounts
+        poorly; the words pin an exact phrase to its document)."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ValidationFailed(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
         query = np.asarray(query_vector, dtype=np.float32).reshape(-1)
@@ -226,6 +237,9 @@ class DocumentStore:
             if query.shape[0] != self._matrix.shape[1]:
                 raise ValidationFailed(f"query vector has {query.shape[0]} dimensions; the index has {self._matrix.shape[1]}")
             scores = self._matrix @ (query / max(float(np.linalg.norm(query)), 1e-12))
+            if query_text is not None and (wanted := words_of(query_text)):
+                overlap = np.fromiter((len(wanted & chunk) / len(wanted) for chunk in self._chunk_words), np.float32, len(self._chunk_words))
+                scores = (scores + overlap) / 2
             return self._best_documents(scores, k)
 
     def _best_documents(self, scores: np.ndarray, k: int) -> list[dict[str, Any]]:
@@ -249,7 +263,10 @@ class DocumentStore:
         for document_id in gone:
             del self._entries[document_id]
         for document_id in changed:
-            self._entries[document_id] = self._load_entry(document_id, _signature(listing[document_id]))
+            try:
+                self._entries[document_id] = self._load_entry(document_id, _signature(listing[document_id]))
+            except FileNotFoundError:  # removed since the listing: gone, as far as this search goes
+                self._entries.pop(document_id, None)
         if changed or gone:
             self._rebuild()
 
@@ -279,14 +296,15 @@ class DocumentStore:
         vectors = np.asarray(row["vectors"] or [], dtype=np.float32)
         if vectors.size:
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        snippets = [_snippet(row["text"][start:end]) for start, end in zip(row["chunk_starts"], row["chunk_ends"])]
-        return _Entry(signature, row["filename"], vectors, snippets)
+        chunks = [row["text"][start:end] for start, end in zip(row["chunk_starts"], row["chunk_ends"])]
+        return _Entry(signature, row["filename"], vectors, [_snippet(c) for c in chunks], [words_of(c) for c in chunks])
 
     def _rebuild(self) -> None:
         # A record without text has no chunks: it can never be found and takes no rows.
         self._order = sorted(document_id for document_id, entry in self._entries.items() if len(entry.vectors))
         blocks = [self._entries[document_id].vectors for document_id in self._order]
         self._matrix = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)
+        self._chunk_words = [words for document_id in self._order for words in self._entries[document_id].words]
         self._starts = np.cumsum([0, *(len(block) for block in blocks[:-1])]) if blocks else np.zeros(0, dtype=np.int64)
 
     def _put_atomic(self, path: str, data: bytes) -> None:

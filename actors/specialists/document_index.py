@@ -8,7 +8,12 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from actors.documents.store import CHUNK_CHARS, DocumentRecord, DocumentStore, chunk_spans
+from actors.documents.store import (
+    CHUNK_CHARS,
+    DocumentRecord,
+    DocumentStore,
+    chunk_spans,
+)
 from actors.embedding import Embedder
 from actors.specialists.base import Specialist, package_version
 from cluster.errors import ConfigError, ValidationFailed
@@ -78,6 +83,7 @@ def build_record(steps: dict, roles: IndexSteps, pipeline: str | None) -> Docume
 
 class DocumentIndexSpecialist(Specialist):
     kind: ClassVar[str] = "document_index"
+    uses_storage: ClassVar[bool] = True
     Params: ClassVar[type[BaseModel]] = DocumentIndexParams
 
     def _model_name(self) -> str:

@@ -4,13 +4,19 @@ chunks with the real MiniLM embedder, and the document_index specialist end to e
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 
 import numpy as np
 import pytest
 
-from actors.documents.store import CHUNK_CHARS, DocumentRecord, DocumentStore, chunk_spans
+from actors.documents.store import (
+    CHUNK_CHARS,
+    DocumentRecord,
+    DocumentStore,
+    chunk_spans,
+)
 from actors.embedding import Embedder
 from actors.invocation import Invocation, drain
 from actors.specialists.document_index import DocumentIndexSpecialist
@@ -184,7 +190,7 @@ def test_chunks_cover_the_text_overlap_and_stop_at_the_limit():
     spans = chunk_spans(text, 3_000)
     assert spans[0][0] == 0 and spans[-1][1] == 3_000
     assert all(end - start <= CHUNK_CHARS for start, end in spans)
-    assert all(next_start < end for (_, end), (next_start, _) in zip(spans, spans[1:]))  # they overlap
+    assert all(next_start < end for (_, end), (next_start, _) in itertools.pairwise(spans))  # they overlap
     assert all(text[start] != " " for start, _ in spans)
     assert chunk_spans("  \n ", 100) == [] and chunk_spans("short", 100) == [(0, 5)]
 
@@ -196,6 +202,20 @@ def test_search_checks_k_and_the_query_dimension(store):
             store.search(unit_vectors(1, 1)[0], k)
     with pytest.raises(ValidationFailed, match="dimensions"):
         store.search(np.ones(3), 5)
+
+
+def test_the_query_words_lift_the_document_that_holds_them(store):
+    # The second document's vector is a little off the query's; the words name it.
+    first = plain_record("Kedai Maju, Jalan Ampang", seed=1)
+    near = first.vectors + 0.1 * unit_vectors(1, seed=2)
+    text = "Restoran Seri, Jalan Dedap 13"
+    second = DocumentRecord(sha256=sha(text), text=text, spans=chunk_spans(text, 10_000), vectors=near / np.linalg.norm(near, axis=1, keepdims=True))
+    store.put(first)
+    store.put(second)
+    query = first.vectors[0]
+    assert store.search(query, 2)[0]["id"] == first.id
+    hits = store.search(query, 2, "jalan dedap 13")
+    assert hits[0]["id"] == second.id and hits[0]["score"] <= 1.0
 
 
 def test_search_of_an_empty_store_finds_nothing(store):
