@@ -63,7 +63,7 @@ class Tally:
     def line(self, name: str, outcome: str) -> str:
         finished = self.done + self.skipped + self.failed
         width = len(str(self.total))
-        return f"[{finished:>{width}}/{self.total}] {outcome:<7} {name}  ({self.pages} pages, {self.pages_per_s():.2f} pages/s)"
+        return f"[{finished:>{width}}/{self.total}] {outcome:<7} {name}  (pages so far: {self.pages}, {self.pages_per_s():.2f} pages/s)"
 
     def summary(self) -> dict:
         return {
@@ -112,16 +112,18 @@ def _pages_read(output: dict) -> int:
     return 0
 
 
-def application_pipeline(config: OrchestraConfig, name: str) -> Pipeline:
-    """The named pipeline over handles to the running application's agent deployments."""
+def application_pipeline(config: OrchestraConfig, name: str, storage_uri: str) -> Pipeline:
+    """The named pipeline over handles to the running application's agent deployments (the
+    versions its deploy kept: registry models it lacked were left out, as the builder does)."""
     from ray import serve
 
+    from actors.dispatcher import Dispatcher
     from serve.agent import deployment_name
-    from serve.builder import APP_NAME
+    from serve.builder import APP_NAME, pin_models
     from serve.control import initial_traffic
     from serve.targets import serve_targets
-    from actors.dispatcher import Dispatcher
 
+    config = pin_models(config, storage_uri)
     settings = config.pipeline(name)
     if settings is None:
         raise NotFound(f"pipeline {name!r} does not exist (pipelines: {[p.name for p in config.pipelines]})")
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     urls = list_documents(args.uri)
     print(f"ingesting {len(urls)} documents from {args.uri} through pipeline {args.pipeline!r}", flush=True)
     ray.init(address="auto", log_to_driver=False)
-    ingest = Ingest(application_pipeline(config, args.pipeline), DocumentStore(storage), config.limits.documents.timeout_s, args.concurrency)
+    pipeline = application_pipeline(config, args.pipeline, storage.uri)
+    ingest = Ingest(pipeline, DocumentStore(storage), config.limits.documents.timeout_s, args.concurrency)
     summary = asyncio.run(ingest.run(urls))
     print(f"ingested {summary['ingested']}, skipped {summary['skipped']} already stored, failed {summary['failed']}: "
           f"{summary['pages']} pages in {summary['seconds']} s, {summary['pages_per_s']} pages/s", flush=True)

@@ -207,7 +207,7 @@ def test_batch_ingest_runs_the_pipeline_and_resumes(client, test_config, storage
     assert [Path(u).name for u in urls] == ["003.jpg", "004.jpg"]
 
     def ingest() -> dict:
-        run = Ingest(application_pipeline(test_config, "document-intake"), DocumentStore(Storage(storage_uri)), 60, concurrency=2)
+        run = Ingest(application_pipeline(test_config, "document-intake", storage_uri), DocumentStore(Storage(storage_uri)), 60, concurrency=2)
         return asyncio.run(run.run(urls, out=io.StringIO()))
 
     first = ingest()
