@@ -30,7 +30,10 @@ def test_healthz_needs_no_key_and_has_request_id(baton_url):
 
 def test_agents_lists_kinds_versions_and_weights(client):
     agents = {a["name"]: a for a in client.get("/v1/agents").json()["agents"]}
-    assert set(agents) == {"language", "sentiment", "entities", "tight", "pii", "keyphrases", "summarize", "embed", "analyst", "writer", "local-writer"}
+    assert set(agents) == {
+        "language", "sentiment", "entities", "tight", "pii", "keyphrases", "summarize", "embed", "analyst", "writer", "local-writer",
+        "ocr", "documents", "docstore", "faces",
+    }
     assert (agents["analyst"]["kind"], agents["analyst"]["team"]) == ("supervisor", ["language", "sentiment", "entities"])
     assert agents["language"]["kind"] == "language"
     assert {v["version"]: v["weight"] for v in agents["sentiment"]["versions"]}.keys() == {"v1", "v2"}

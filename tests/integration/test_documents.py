@@ -23,8 +23,10 @@ pytestmark = pytest.mark.slow
 SROIE = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "sroie-dev"
 RECEIPT_QUERY = {"company": "str", "date": "date", "address": "str", "total": 0.0}
 KINDS = {"company": "string", "date": "date", "address": "string", "total": "number"}
-# Receipts whose four fields the OCR text holds exactly as labelled.
-RECEIPTS = ["000", "001", "002"]
+# Receipts whose four fields the OCR reads exactly as labelled (on most, it misreads a
+# character of the company or spaces the address differently: see docs/benchmarks.md).
+RECEIPTS = ["040", "096"]
+PIPELINE_RECEIPTS = ["000", "001", "002"]
 
 
 def receipt(number: str) -> Path:
@@ -175,7 +177,7 @@ def test_bad_queries_and_bodies(client):
 
 def test_the_document_pipeline_stores_and_search_finds_it(client):
     ids = {}
-    for number in RECEIPTS:
+    for number in PIPELINE_RECEIPTS:
         response = client.post("/v1/pipelines/document-intake", files={"file": (f"{number}.jpg", receipt(number).read_bytes())}, timeout=120)
         assert response.status_code == 200, response.text
         body = response.json()
@@ -191,7 +193,7 @@ def test_the_document_pipeline_stores_and_search_finds_it(client):
     assert hits[0]["id"] == ids["001"], hits
     assert hits[0]["score"] >= hits[-1]["score"]
     assert_error(client.get("/v1/documents/" + "0" * 32), 404, "not_found")
-    assert_error(client.get("/v1/documents/../etc"), 404)
+    assert_error(client.get("/v1/documents/not-an-id"), 422, "validation_error", "document_id")
     assert_error(client.get("/v1/documents/search", params={"q": "x", "k": 0}), 422, "validation_error", "k")
 
 
