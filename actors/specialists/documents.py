@@ -85,7 +85,8 @@ class DocumentsSpecialist(Specialist):
         query = compile_query(options.query) if options.mode == "fields" else None
         self.load()
         total = count_pages(document, self.params.limits)
-        numbers = self._page_numbers(options.pages, total)
+        # pages.py refuses a page the document lacks, naming it.
+        numbers = list(dict.fromkeys(options.pages)) if options.pages else list(range(1, total + 1))
         pages = self._read_pages(document, numbers, invocation)
         if options.engine == "llm" and query is not None:
             results = self._llm_fields(pages, query, invocation)
@@ -113,15 +114,6 @@ class DocumentsSpecialist(Specialist):
         if invocation.document is None:
             raise ValidationFailed("the documents agent reads a document; send a file (POST /v1/extract)")
         return invocation.document
-
-    @staticmethod
-    def _page_numbers(wanted: list[int] | None, total: int) -> list[int]:
-        if wanted is None:
-            return list(range(1, total + 1))
-        outside = [n for n in wanted if not 1 <= n <= total]
-        if outside:
-            raise ValidationFailed(f"options.pages: {outside} outside the document's pages 1..{total}")
-        return sorted(set(wanted))
 
     def _read_pages(self, document: Document, numbers: list[int], invocation: Invocation) -> list[Page]:
         """Text-layer pages as they are; the others through OCR, in this replica or, when the
