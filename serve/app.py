@@ -159,12 +159,8 @@ def create_app(gate: Gateway) -> FastAPI:
             if decision.agent is not None:
                 response["version"] = gate.pick(request, decision.agent, invocation)
             return finish(response, started)
-        version = gate.pick(request, decision.agent, invocation)
-        response["version"] = version
-        if body.stream:
-            return await stream_response(gate, request, decision.agent, version, invocation, response, started)
-        called = await gate.run(request, decision.agent, version, invocation)
-        return finish(with_result(response, called), started)
+        response["version"] = gate.pick(request, decision.agent, invocation)
+        return await answer(gate, request, decision.agent, invocation, response, started)
 
     @app.post(
         "/v1/agents/{name}/invoke",
@@ -177,12 +173,8 @@ def create_app(gate: Gateway) -> FastAPI:
         gate.known(name)
         invocation = await text_or_document(gate, request)
         note(request, agent=name, routed_by="direct")
-        version = gate.pick(request, name, invocation)
-        response = {"request_id": request_id_of(request), "agent": name, "version": version}
-        if invocation.stream:
-            return await stream_response(gate, request, name, version, invocation, response, started)
-        called = await gate.run(request, name, version, invocation)
-        return finish(with_result(response, called), started)
+        response = {"request_id": request_id_of(request), "agent": name, "version": gate.pick(request, name, invocation)}
+        return await answer(gate, request, name, invocation, response, started)
 
     @app.get("/v1/pipelines", summary="The pipelines and their steps.")
     async def list_pipelines(_: Principal = invoke_key) -> dict:
@@ -200,11 +192,7 @@ def create_app(gate: Gateway) -> FastAPI:
             raise NotFound(f"pipeline {name!r} does not exist (pipelines: {gate.pipeline_names()})")
         invocation = await text_or_document(gate, request)
         note(request, agent=name, routed_by="direct", version="v1")
-        response = {"request_id": request_id_of(request), "pipeline": name}
-        if invocation.stream:
-            return await stream_response(gate, request, name, "v1", invocation, response, started)
-        called = await gate.run(request, name, "v1", invocation)
-        return finish(with_result(response, called), started)
+        return await answer(gate, request, name, invocation, {"request_id": request_id_of(request), "pipeline": name}, started, "v1")
 
     @app.post(
         "/v1/extract",
@@ -325,6 +313,15 @@ def request_body_doc(json_models: list[type[BaseModel]], form_model: type[BaseMo
             },
         }
     }
+
+
+async def answer(gate: Gateway, request: Request, agent: str, invocation, response: dict, started: float, version: str | None = None) -> Any:
+    """Run the chosen agent (or pipeline) version and answer: SSE when the request streams."""
+    version = version or response["version"]
+    if invocation.stream:
+        return await stream_response(gate, request, agent, version, invocation, response, started)
+    called = await gate.run(request, agent, version, invocation)
+    return finish(with_result(response, called), started)
 
 
 def finish(response: dict, started: float) -> dict:
