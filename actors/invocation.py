@@ -110,6 +110,8 @@ class Result:
     usage: dict | None = None  # {"input_tokens": n, "output_tokens": n}
     cost: float | None = None
     trace: list[dict] | None = None  # the steps of a supervisor or pipeline
+    # The input's position in the model's reference projection (drift detection), if it has one.
+    features: tuple[float, ...] | None = None
 
 
 @dataclass

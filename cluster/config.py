@@ -7,6 +7,7 @@ with the field path and the offending value (see :func:`load_orchestra`).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Collection, Literal
 
@@ -127,6 +128,8 @@ class AgentSettings(Strict):
         default_factory=list,
         description="Agents this agent's replicas call themselves (documents uses ocr, so OCR scales apart from extraction).",
     )
+    review: ReviewPolicy | None = Field(None, description="Which of the agent's requests are queued for human review.")
+    retrain: RetrainPolicy | None = Field(None, description="When the agent's model is retrained and rolled out again.")
 
     @property
     def composite(self) -> bool:
@@ -292,6 +295,111 @@ class PipelineSettings(Strict):
         return self
 
 
+# -- the lifecycle: rollouts, shadow, review, drift, retraining, cost ---------------------
+
+GUARD_METRICS = ("error_rate", "p50_ms", "p95_ms", "p99_ms", "labels", "agreement", "accuracy", "mean_reward")
+GUARD_PATTERN = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(x?)\s*$")
+
+
+class GuardSettings(Strict):
+    """One check of a rollout step: the candidate's window against a threshold, absolute or
+    relative to the baseline version's window over the same period."""
+
+    metric: Literal["error_rate", "p50_ms", "p95_ms", "p99_ms", "labels", "agreement", "accuracy", "mean_reward"] = Field(
+        ..., description="error_rate, p50_ms/p95_ms/p99_ms, labels (p-value of the label-distribution test against the baseline), "
+        "agreement (with the baseline on shadowed requests), accuracy or mean_reward (from feedback)."
+    )
+    op: Literal["<", "<=", ">", ">="] = Field(..., description="How the observed value must compare with the threshold to pass.")
+    value: float = Field(..., ge=0, description="The threshold, or the factor of the baseline's value when relative_to_baseline.")
+    relative_to_baseline: bool = Field(False, description="Threshold = value x the baseline version's value over the same period.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, data: Any) -> Any:
+        """'p95_ms<1.2x' is {metric: p95_ms, op: <, value: 1.2, relative_to_baseline: true}."""
+        if not isinstance(data, str):
+            return data
+        match = GUARD_PATTERN.match(data)
+        if match is None:
+            raise ValueError(f"guard {data!r}: expected METRIC OP NUMBER[x], e.g. 'error_rate<0.01' or 'p95_ms<1.2x'")
+        metric, op, value, relative = match.groups()
+        return {"metric": metric, "op": op, "value": float(value), "relative_to_baseline": relative == "x"}
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.value:g}{'x' if self.relative_to_baseline else ''}"
+
+
+class ShadowPhase(Strict):
+    percent: int = Field(..., ge=1, le=100, description="Share of the agent's requests copied to the candidate while shadowing.")
+    duration_s: float = Field(..., gt=0, description="How long the shadow phase lasts before weights start to shift.")
+
+
+class RolloutPlan(Strict):
+    """How a candidate goes live: optional shadow phase, weight steps, bake time and guards."""
+
+    shadow: ShadowPhase | None = Field(None, description="Shadow the candidate first (no caller sees its answers).")
+    steps: list[int] = Field([5, 25, 50, 100], min_length=1, description="Candidate weights in percent, rising, ending at 100.")
+    bake_s: float = Field(60.0, gt=0, description="Time at each step before the guards are checked.")
+    min_requests: int = Field(200, ge=1, description="Requests the candidate must serve in a bake before a guard can pass.")
+    guards: list[GuardSettings] = Field(
+        default_factory=lambda: [GuardSettings(metric="error_rate", op="<", value=0.01)],
+        description="Checks after each bake; all must pass to step on, one failure rolls back.",
+    )
+    deadline_s: float = Field(3600.0, gt=0, description="Longest a step may wait for enough requests before the rollout stops.")
+
+    @field_validator("steps")
+    @classmethod
+    def _rising_to_100(cls, steps: list[int]) -> list[int]:
+        if any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)) or steps[-1] != 100:
+            raise ValueError(f"steps must rise strictly within 1..100 and end at 100, got {steps}")
+        return steps
+
+
+class ReviewPolicy(Strict):
+    confidence_below: float | None = Field(
+        None, ge=0, le=1, description="Queue a request for human review when the agent's confidence is below this."
+    )
+    sample_share: float = Field(0.0, ge=0, le=1, description="Share of the agent's other requests queued for review at random.")
+    keep_raw_input: bool = Field(
+        False, description="Keep the raw input with a queued item for admin keys; reviewers always see the PII-redacted text."
+    )
+
+
+class RetrainPolicy(Strict):
+    recipe: str = Field(..., min_length=1, description="Training recipe (configs/train/*.yaml) whose model this agent serves.")
+    on_drift: bool = Field(True, description="Retrain when the monitor raises a drift alert for the agent.")
+    every_s: float | None = Field(None, gt=0, description="Retrain on a schedule, every this many seconds.")
+    min_new_labels: int | None = Field(None, ge=1, description="Retrain once this many reviewed labels arrived since the last run.")
+    cooldown_s: float = Field(3600.0, ge=0, description="Least time between two retraining runs of the agent.")
+    rollout: RolloutPlan = Field(default_factory=RolloutPlan, description="How the retrained candidate is rolled out.")
+
+
+class ShadowSettings(Strict):
+    max_in_flight: int = Field(32, ge=1, description="Shadow copies one ingress replica runs at once; beyond it copies are skipped.")
+    text_agreement: float = Field(
+        0.8, ge=0, le=1, description="Output similarity at or above which two answers without labels count as agreeing."
+    )
+
+
+class DriftSettings(Strict):
+    window_requests: int = Field(200, ge=20, description="Requests per agent version in one drift test window.")
+    p_value: float = Field(0.01, gt=0, lt=1, description="Significance of each test; the input test is Bonferroni-corrected.")
+    webhook: str | None = Field(None, description="URL that receives each drift alert as a JSON POST (optional).")
+
+
+class CostSettings(Strict):
+    cpu_second: float = Field(0.0, ge=0, description="Price of one CPU-second of a replica.")
+    gpu_second: float = Field(0.0, ge=0, description="Price of one GPU-second of a replica.")
+    input_tokens_per_1k: float = Field(0.0, ge=0, description="Price of 1,000 LLM input tokens.")
+    output_tokens_per_1k: float = Field(0.0, ge=0, description="Price of 1,000 LLM output tokens.")
+    currency: str = Field("USD", min_length=1, max_length=8, description="Currency the prices are in.")
+
+
+class RolloutSettings(Strict):
+    tick_s: float = Field(2.0, gt=0, description="How often the rollout controller checks every active rollout.")
+    history: int = Field(200, ge=1, description="Finished rollouts listed by GET /v1/admin/rollouts.")
+
+
 class IngressSettings(Strict):
     autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings, description="Ingress replicas.")
     resources: ResourceSettings = Field(default_factory=ResourceSettings, description="Per-replica resources.")
@@ -318,6 +426,9 @@ class AuditSettings(Strict):
 
 class MonitorSettings(Strict):
     window_s: float = Field(60.0, gt=0, description="Sliding window of the 'last_minute' statistics.")
+    retention_s: float = Field(
+        3600.0, gt=0, description="How far back outcomes stay on storage, so a restarted monitor rebuilds its windows."
+    )
 
 
 class ReporterSettings(Strict):
@@ -366,6 +477,14 @@ class OrchestraConfig(Strict):
     limits: LimitSettings = Field(default_factory=LimitSettings, description="Input limits and timeouts.")
     agents: list[AgentSettings] = Field(..., min_length=1, description="The specialists behind the front door.")
     pipelines: list[PipelineSettings] = Field(default_factory=list, description="Named sequences and fan-outs of agents.")
+    environment: str = Field("dev", pattern=NAME_PATTERN, description="Environment this orchestra runs as (dev, test, prod, ...).")
+    require_approval: bool = Field(
+        False, description="Serve and roll out only registry versions approved for this environment (baton models approve)."
+    )
+    rollouts: RolloutSettings = Field(default_factory=RolloutSettings, description="The rollout controller.")
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings, description="Shadow traffic.")
+    drift: DriftSettings = Field(default_factory=DriftSettings, description="Drift detection against each model's reference profile.")
+    cost: CostSettings = Field(default_factory=CostSettings, description="Prices for the cost report.")
 
     @field_validator("agents")
     @classmethod
