@@ -70,7 +70,9 @@ class Called:
         }
 
 
-ShadowHook = Callable[[str, str, Invocation], None]
+# Called with (agent, primary version, invocation) after each pick; may start a copy and
+# return a callback that receives the primary's finished call, to compare the two.
+ShadowHook = Callable[[str, str, Invocation], "Callable[[Called], None] | None"]
 StepSink = Callable[[Called], None]
 
 
@@ -80,7 +82,8 @@ class Dispatcher:
     ``default_timeout_s`` bounds a call when the invocation carries no deadline.
     ``on_call`` sees every finished call (the monitor's per-step outcomes);
     ``shadow`` is called with (agent, primary version, invocation) after each primary
-    pick and may start a fire-and-forget copy (the lifecycle's shadow traffic).
+    pick and may start a fire-and-forget copy (the lifecycle's shadow traffic); the
+    callback it returns gets the primary's ``Called`` for the comparison.
     """
 
     def __init__(
@@ -144,7 +147,7 @@ class Dispatcher:
             version = version or self.pick(agent, invocation)
         except BatonError as error:
             return self._done(Called(agent, version or "none", 0.0, error=error))
-        self._start_shadow(agent, version, invocation)
+        compare = self._start_shadow(agent, version, invocation)
         timeout_s = self._timeout(invocation)
         try:
             target = self._target(agent, version)
@@ -154,7 +157,7 @@ class Dispatcher:
             called = Called(agent, version, _ms(started), error=self._timed_out(agent, version, timeout_s))
         except BatonError as error:
             called = Called(agent, version, _ms(started), error=error)
-        return self._done(called)
+        return self._done(called, compare)
 
     async def stream(self, agent: str, invocation: Invocation, version: str | None = None) -> AsyncIterator[StreamItem | Called]:
         """Chunks as the agent produces them, then one ``Called`` with the whole outcome.
@@ -172,7 +175,7 @@ class Dispatcher:
         if not target.streams:
             yield await self.invoke(agent, invocation, version)
             return
-        self._start_shadow(agent, version, invocation)
+        compare = self._start_shadow(agent, version, invocation)
         timeout_s = self._timeout(invocation)
         deadline = time.monotonic() + timeout_s
         final: StreamItem | None = None
@@ -197,17 +200,20 @@ class Dispatcher:
             called = Called(agent, version, _ms(started), error=error)
         finally:
             await _close(iterator)
-        yield self._done(called)
+        yield self._done(called, compare)
 
-    def _start_shadow(self, agent: str, version: str, invocation: Invocation) -> None:
+    def _start_shadow(self, agent: str, version: str, invocation: Invocation) -> Callable[[Called], None] | None:
         if self.shadow is None:
-            return
+            return None
         try:
-            self.shadow(agent, version, invocation)
+            return self.shadow(agent, version, invocation)
         except Exception:  # a shadow copy must never hurt the primary request
             logger.exception("shadow hook failed for %s %s", agent, version)
+            return None
 
-    def _done(self, called: Called) -> Called:
+    def _done(self, called: Called, compare: Callable[[Called], None] | None = None) -> Called:
+        if compare is not None:
+            compare(called)
         if self.on_call is not None:
             self.on_call(called)
         return called
