@@ -5,6 +5,7 @@ written as Parquet under ``<storage>/audit/day=YYYY-MM-DD/``, read back with pya
 from __future__ import annotations
 
 import functools
+import getpass
 import hashlib
 import json
 import logging
@@ -236,6 +237,66 @@ class AuditWriter:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         _put_atomic(self._storage, self._storage.path(AUDIT_DIR, f"day={day}", name), sink.getvalue().to_pybytes())
+
+
+OPERATOR_OUTPUT_KEYS = frozenset({"before", "after"})
+
+
+def operator_record(
+    principal: str,
+    action: str,
+    *,
+    before: Any = None,
+    after: Any = None,
+    status: int = 200,
+    agent: str | None = None,
+    version: str | None = None,
+    error: str | None = None,
+    request_id: str | None = None,
+    extra: dict[str, Any] | None = None,
+    ts: float | str | datetime | None = None,
+) -> dict[str, Any]:
+    """The audit row (AuditWriter's input) of one operator action, whoever makes it: the HTTP
+    API, the CLI or a controller. ``action`` names it (``admin.models.promote``, ``rollout.step``);
+    ``output`` holds ``before`` and ``after`` plus ``extra``; a refused action gives its
+    ``status`` and ``error``. ``ts`` defaults to now, the moment of the action, not of the write.
+    """
+    if not principal or not action:
+        raise ValueError(f"an operator action needs a principal and an action, got {principal!r}, {action!r}")
+    clash = OPERATOR_OUTPUT_KEYS & set(extra or {})
+    if clash:
+        raise ValueError(f"extra may not set {sorted(clash)}: pass them as before=/after=")
+    return {
+        "request_id": request_id or uuid.uuid4().hex,
+        "ts": time.time() if ts is None else ts,
+        "principal": principal,
+        "endpoint": action,
+        "agent": agent,
+        "version": version,
+        "status_code": _status_code(status),
+        "output": {"before": before, "after": after, **(extra or {})},
+        "error": error,
+    }
+
+
+def write_operator_action(storage: Storage, principal: str, action: str, **fields: Any) -> dict[str, Any]:
+    """Write one operator action's record straight to storage, durably before returning, for
+    processes without the cluster's audit actor (the CLI). Takes operator_record's arguments."""
+    record = operator_record(principal, action, **fields)
+    # Operator records hold no request text, so no redactor is needed.
+    writer = AuditWriter(storage, store_input_text=False)
+    writer.write([record])
+    writer.close()
+    return record
+
+
+def cli_principal() -> str:
+    """Who makes a CLI action: ``cli:<login name>``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container with an unnamed uid)
+        user = "unknown"
+    return f"cli:{user}"
 
 
 def _days_newest_first(storage: Storage, root: str, since: datetime | None, until: datetime | None) -> list[str]:

@@ -1,7 +1,9 @@
 """The orchestra config: pydantic models for ``configs/orchestra.yaml`` and its loader.
 
 Every model forbids unknown fields and describes each field; a bad file fails at load
-with the field path and the offending value (see :func:`load_orchestra`).
+with the field path and the offending value (see :func:`load_orchestra`). An environment
+(``configs/environments/<env>.yaml``) overlays the orchestra before validation; the merge
+rules are in the loader part below (:func:`overlay_orchestra`).
 """
 
 from __future__ import annotations
@@ -573,18 +575,49 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
 
 
+# -- the loader ---------------------------------------------------------------------------
+#
+# Environments. ``load_orchestra(path, environment="prod")`` reads
+# ``<repo>/configs/environments/prod.yaml`` (``<repo>`` is ``base_dir``, by default the config
+# file's parent's parent, as for ``resolve_storage_uri``), or the YAML file itself when
+# ``environment`` is a path ending in .yaml/.yml. The overlay is a partial orchestra, merged
+# over the orchestra file before validation:
+#   - mappings merge deeply: a key of the overlay replaces the orchestra's value, except that
+#     two mappings under the same key are merged key by key;
+#   - ``agents`` merge by ``name``: each overlay entry names an agent of the orchestra and
+#     changes only the fields it gives (deeply, by the same rules); naming an agent the
+#     orchestra lacks is an error, so an overlay never adds an agent by a typo;
+#   - every other list (``versions``, ``examples``, ``pipelines``, ``router.rules``, ...)
+#     replaces the orchestra's list whole; ``null`` sets a field to null;
+#   - the result's ``environment`` is the selected one: a named overlay may not declare
+#     another, a path overlay declares its own or takes its file name.
+# The CLI picks the environment from ``--env``, else ``$BATON_ENV`` (:func:`selected_environment`);
+# the loader itself never reads the variable, so what a Serve application loads is what its
+# deploy args say.
+
 ParamsCheck = Callable[[str, dict[str, Any]], None]
+ENVIRONMENT_VAR = "BATON_ENV"
+ENVIRONMENTS_DIR = Path("configs") / "environments"
+OVERLAY_SUFFIXES = (".yaml", ".yml")
 
 
 def load_orchestra(
-    path: str | Path, known_kinds: Collection[str] | None = None, check_params: ParamsCheck | None = None
+    path: str | Path,
+    known_kinds: Collection[str] | None = None,
+    check_params: ParamsCheck | None = None,
+    environment: str | None = None,
+    base_dir: str | Path | None = None,
 ) -> OrchestraConfig:
-    """Load and validate an orchestra file.
+    """Load and validate an orchestra file, with the ``environment`` overlay merged over it.
 
     ``known_kinds`` and ``check_params(kind, params)`` let the data plane validate kinds and
     kind-specific params at load time without this module importing it.
     """
-    config = parse_config(OrchestraConfig, read_yaml(path), str(path))
+    data, source = read_yaml(path), str(path)
+    if environment is not None:
+        repo = Path(base_dir) if base_dir is not None else Path(path).resolve().parent.parent
+        data, source = overlay_orchestra(data, environment, repo, source)
+    config = parse_config(OrchestraConfig, data, source)
     for a_index, agent in enumerate(config.agents):
         if agent.composite:
             continue
@@ -592,15 +625,84 @@ def load_orchestra(
             kind = agent.version_kind(version)
             if known_kinds is not None and kind not in known_kinds:
                 field = f"agents[{a_index}].versions[{v_index}].kind" if version.kind else f"agents[{a_index}].kind"
-                raise ConfigError(f"{path}: {field} = {kind!r}: unknown kind (known: {sorted(known_kinds)})")
+                raise ConfigError(f"{source}: {field} = {kind!r}: unknown kind (known: {sorted(known_kinds)})")
             if check_params is None:
                 continue
             try:
                 check_params(kind, version.specialist_params())
             except (ValueError, ValidationError) as error:
                 field = f"agents[{a_index}].versions[{v_index}].params"
-                raise ConfigError(f"{path}: {field} (agent {agent.name!r}): {error}") from None
+                raise ConfigError(f"{source}: {field} (agent {agent.name!r}): {error}") from None
     return config
+
+
+def selected_environment(environment: str | None) -> str | None:
+    """The environment given (``--env``), else ``$BATON_ENV``, else None: the orchestra as written."""
+    return environment or os.environ.get(ENVIRONMENT_VAR) or None
+
+
+def available_environments(base_dir: str | Path) -> list[str]:
+    directory = Path(base_dir) / ENVIRONMENTS_DIR
+    return sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
+
+
+def environment_file(environment: str, base_dir: str | Path) -> tuple[str | None, Path]:
+    """(name, overlay file) of an environment given by name, or (None, file) for a path."""
+    if environment.endswith(OVERLAY_SUFFIXES):
+        return None, Path(environment)
+    available = available_environments(base_dir)
+    if not re.fullmatch(NAME_PATTERN, environment) or environment not in available:
+        raise ConfigError(
+            f"unknown environment {environment!r}: no {ENVIRONMENTS_DIR / (environment + '.yaml')} in {base_dir} "
+            f"(available: {', '.join(available) or 'none'}; or give the path of an overlay file)"
+        )
+    return environment, Path(base_dir) / ENVIRONMENTS_DIR / f"{environment}.yaml"
+
+
+def overlay_orchestra(data: Any, environment: str, base_dir: str | Path, source: str) -> tuple[Any, str]:
+    """(the orchestra ``data`` with the environment's overlay merged over it, the source both
+    came from for error messages); the rules are in the comment above :func:`load_orchestra`."""
+    name, overlay_path = environment_file(environment, base_dir)
+    overlay = read_yaml(overlay_path)
+    if overlay is None:
+        overlay = {}
+    if not isinstance(overlay, dict):
+        raise ConfigError(f"{overlay_path}: an environment overlay is a mapping of orchestra fields, got {type(overlay).__name__}")
+    declared = overlay.get("environment")
+    if name is not None and declared not in (None, name):
+        raise ConfigError(f"{overlay_path}: environment = {declared!r}, but the file was selected as environment {name!r}")
+    merged_source = f"{source} + {overlay_path}"
+    if not isinstance(data, dict):
+        return data, merged_source  # not an orchestra: validation says so, naming the file
+    merged = _merge(data, {key: value for key, value in overlay.items() if key != "agents"})
+    if "agents" in overlay:
+        merged["agents"] = _merge_agents(data.get("agents"), overlay["agents"], overlay_path)
+    merged["environment"] = declared or name or overlay_path.stem
+    return merged, merged_source
+
+
+def _merge(base: Any, overlay: Any) -> Any:
+    """Mappings merge key by key; anything else in the overlay replaces the base value."""
+    if not (isinstance(base, dict) and isinstance(overlay, dict)):
+        return overlay
+    return {**base, **{key: _merge(base.get(key), value) for key, value in overlay.items()}}
+
+
+def _merge_agents(base: Any, overlay: Any, overlay_path: Path) -> list[Any]:
+    """Each overlay entry changes the fields it gives of the orchestra's agent of that name."""
+    if not isinstance(overlay, list):
+        raise ConfigError(f"{overlay_path}: agents: a list of changes to agents, each with the agent's name, got {overlay!r}")
+    agents = list(base) if isinstance(base, list) else []
+    names = [agent.get("name") if isinstance(agent, dict) else None for agent in agents]
+    for index, entry in enumerate(overlay):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            raise ConfigError(f"{overlay_path}: agents[{index}]: an entry is a mapping with the 'name' of the agent it changes")
+        if name not in names:
+            raise ConfigError(f"{overlay_path}: agents[{index}].name = {name!r}: not an agent of the orchestra (agents: {[n for n in names if n]})")
+        position = names.index(name)
+        agents[position] = _merge(agents[position], entry)
+    return agents
 
 
 def resolve_storage_uri(config: OrchestraConfig, base_dir: str | Path) -> str:

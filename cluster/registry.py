@@ -1,5 +1,6 @@
 """The model registry on a Storage root: numbered, immutable model versions with checksummed
-manifests, and movable aliases (``champion``, ``previous``) changed by a quality-gated promote.
+manifests, movable aliases (``champion``, ``previous``) changed by a quality-gated promote, and
+per-environment approvals of versions (what a ``require_approval`` orchestra may serve).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "Manifest",
     "ModelRegistry",
     "check_alias",
+    "check_environment",
     "check_name",
     "check_version",
     "parse_ref",
@@ -43,10 +45,12 @@ __all__ = [
 NAME_PATTERN = r"[a-z][a-z0-9_-]{0,62}"
 VERSION_PATTERN = r"v[1-9][0-9]{0,8}"
 ALIAS_PATTERN = r"[a-z][a-z0-9_-]{0,31}"
+ENVIRONMENT_PATTERN = r"[a-z][a-z0-9_-]{0,62}"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 REF_SCHEME = "registry://"
 CHAMPION, PREVIOUS = "champion", "previous"
 MANIFEST, ALIASES, ALIASES_LOCK, MODEL_DIR, CLAIM = "manifest.json", "aliases.json", "aliases.lock", "model", "claim"
+APPROVALS, APPROVALS_LOCK = "approvals.json", "approvals.lock"
 _CLAIM_ATTEMPTS = 100
 _CHUNK = 1 << 20
 
@@ -136,6 +140,10 @@ def check_alias(alias: object) -> str:
     return _check(alias, ALIAS_PATTERN, "alias", "use 1-32 of [a-z0-9_-], starting with a letter")
 
 
+def check_environment(environment: object) -> str:
+    return _check(environment, ENVIRONMENT_PATTERN, "environment", "use 1-63 of [a-z0-9_-], starting with a letter")
+
+
 def parse_ref(ref: object) -> tuple[str, str | None, str | None]:
     """``[registry://]name``, ``name:v3`` or ``name@alias`` -> (name, version, alias)."""
     if not isinstance(ref, str):
@@ -218,8 +226,9 @@ def _gate(candidate: str, champion: str, metric: str, values: tuple[float, float
 class ModelRegistry:
     """Models under ``<storage>/registry/``; a version counts once its manifest exists and never changes after.
 
-    Alias changes are serialised with a file lock on local storage; object stores have no lock,
-    so concurrent alias changes there are last-writer-wins (each write is still whole).
+    Alias and approval changes are serialised with a file lock per model on local storage;
+    object stores have no lock, so concurrent changes there are last-writer-wins (each write
+    is still whole). Approvals live beside the versions, so manifests stay immutable.
     """
 
     def __init__(self, storage: Storage):
@@ -343,6 +352,22 @@ class ModelRegistry:
             return target
         return self._download(source, manifest, target)
 
+    def check_gate(self, name: str, candidate_version: str, *, metric: str, margin: float) -> dict[str, Any]:
+        """The promotion gate without moving an alias: does the candidate beat the champion?
+        A model without a champion passes; a candidate without the metric does not."""
+        candidate_value = _metric(self.manifest(name, candidate_version), metric)
+        champion = self.aliases(name).get(CHAMPION)
+        champion_value = _metric(self.manifest(name, champion), metric) if champion else None
+        verdict = {"metric": metric, "margin": margin, "candidate_value": candidate_value, "champion": champion, "champion_value": champion_value}
+        if candidate_value is None:
+            return {**verdict, "passed": False, "reason": f"{name}:{candidate_version} has no numeric metric {metric!r}"}
+        try:
+            if champion is not None and champion != candidate_version:
+                _gate(f"{name}:{candidate_version}", f"{name}:{champion}", metric, (candidate_value, champion_value), margin)
+        except GateRefused as refused:
+            return {**verdict, "passed": False, "reason": refused.message}
+        return {**verdict, "passed": True, "reason": None}
+
     def promote(
         self, name: str, candidate_version: str, *, metric: str, margin: float, force: bool = False
     ) -> dict[str, Any]:
@@ -374,6 +399,44 @@ class ModelRegistry:
             }
 
         return self._update_aliases(name, change)
+
+    def approve(self, name: str, version: str, environment: str, principal: str) -> dict[str, Any]:
+        """Approve ``name:version`` for ``environment``; returns {name, version, environment,
+        before, after} for the audit log. Approving again keeps the first approval."""
+        check_environment(environment)
+        self._require_version(check_name(name), check_version(version))
+        record = {"principal": principal, "approved_at": datetime.now(timezone.utc).isoformat()}
+
+        def change(approvals: dict[str, dict[str, Any]]) -> dict[str, Any]:
+            by_environment = approvals.setdefault(version, {})
+            before = by_environment.get(environment)
+            by_environment.setdefault(environment, record)
+            return {"name": name, "version": version, "environment": environment, "before": before, "after": by_environment[environment]}
+
+        return self._update_approvals(name, change)
+
+    def revoke_approval(self, name: str, version: str, environment: str) -> dict[str, Any]:
+        """Withdraw the approval of ``name:version`` for ``environment`` (a no-op when there is
+        none); returns {name, version, environment, before, after} for the audit log."""
+        check_environment(environment)
+        self._require_version(check_name(name), check_version(version))
+
+        def change(approvals: dict[str, dict[str, Any]]) -> dict[str, Any]:
+            by_environment = approvals.get(version, {})
+            before = by_environment.pop(environment, None)
+            if not by_environment:
+                approvals.pop(version, None)
+            return {"name": name, "version": version, "environment": environment, "before": before, "after": None}
+
+        return self._update_approvals(name, change)
+
+    def is_approved(self, name: str, version: str, environment: str) -> bool:
+        return environment in self.approvals(name).get(check_version(version), {})
+
+    def approvals(self, name: str) -> dict[str, dict[str, Any]]:
+        """{version: {environment: {principal, approved_at}}} of every approved version."""
+        self._require_model(name)
+        return self._read_approvals(name)
 
     def _path(self, *segments: str) -> str:
         return self.storage.path("registry", *segments)
@@ -437,23 +500,33 @@ class ModelRegistry:
         path = self._path(name, ALIASES)
         return self.storage.read_json(path) if self.storage.exists(path) else {}
 
+    def _read_approvals(self, name: str) -> dict[str, dict[str, Any]]:
+        path = self._path(name, APPROVALS)
+        return self.storage.read_json(path) if self.storage.exists(path) else {}
+
     @contextmanager
-    def _aliases_lock(self, name: str) -> Iterator[None]:
+    def _model_lock(self, name: str, lock_file: str) -> Iterator[None]:
         if not self.storage.is_local:
             yield
             return
-        with open(self._path(name, ALIASES_LOCK), "a") as handle:
+        with open(self._path(name, lock_file), "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
 
-    def _update_aliases(self, name: str, change: Callable[[dict[str, str]], dict[str, Any]]) -> dict[str, Any]:
-        """Read-modify-write of aliases.json: ``change`` edits the dict in place (or raises to
-        leave the file untouched) and returns the result."""
-        with self._aliases_lock(name):
-            aliases = self._read_aliases(name)
-            result = change(aliases)
-            self.storage.write_json_atomic(self._path(name, ALIASES), aliases)
+    def _update_json(self, name: str, file: str, lock_file: str, read: Callable[[str], dict], change: Callable[[dict], dict]) -> dict[str, Any]:
+        """Read-modify-write of one of a model's JSON files under its lock: ``change`` edits the
+        dict in place (or raises to leave the file untouched) and returns the result."""
+        with self._model_lock(name, lock_file):
+            content = read(name)
+            result = change(content)
+            self.storage.write_json_atomic(self._path(name, file), content)
         return result
+
+    def _update_aliases(self, name: str, change: Callable[[dict[str, str]], dict[str, Any]]) -> dict[str, Any]:
+        return self._update_json(name, ALIASES, ALIASES_LOCK, self._read_aliases, change)
+
+    def _update_approvals(self, name: str, change: Callable[[dict[str, dict[str, Any]]], dict[str, Any]]) -> dict[str, Any]:
+        return self._update_json(name, APPROVALS, APPROVALS_LOCK, self._read_approvals, change)
 
     def _cache_dir(self, name: str, version: str) -> Path:
         storage_key = hashlib.sha256(self.storage.url().encode()).hexdigest()[:16]

@@ -12,6 +12,7 @@ from ray.serve import Application
 
 from actors.specialists.registry import SPECIALISTS, validate_params
 from cluster.config import (
+    OVERLAY_SUFFIXES,
     AgentSettings,
     OrchestraConfig,
     ResourceSettings,
@@ -22,7 +23,7 @@ from cluster.config import (
     resolve_storage_uri,
 )
 from cluster.errors import ConfigError, NotFound
-from cluster.registry import ModelRegistry
+from cluster.registry import ModelRegistry, parse_ref
 from cluster.storage import ROOT_ENV, Storage
 from cluster.version import code_version
 from serve.agent import AgentVersion, deployment_name
@@ -35,9 +36,10 @@ INGRESS = "Ingress"
 RUNTIME_ENV_VARS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def load(path: str | Path) -> OrchestraConfig:
-    """Load an orchestra and check every agent's kind and params against the specialists."""
-    config = load_orchestra(path, known_kinds=SPECIALISTS, check_params=validate_params)
+def load(path: str | Path, environment: str | None = None, base_dir: str | Path | None = None) -> OrchestraConfig:
+    """Load an orchestra (with an environment's overlay) and check every agent's kind and
+    params against the specialists."""
+    config = load_orchestra(path, known_kinds=SPECIALISTS, check_params=validate_params, environment=environment, base_dir=base_dir)
     for agent in config.agents:
         if agent.routable and not agent.composite and any(SPECIALISTS[agent.version_kind(v)].reads_documents for v in agent.versions):
             raise ConfigError(f"{path}: agent {agent.name!r} reads documents, so the router cannot send it text: set routable: false")
@@ -57,6 +59,9 @@ def rescale(weights: list[int]) -> list[int]:
 def pin_models(config: OrchestraConfig, storage_uri: str) -> OrchestraConfig:
     """Resolve each version's registry alias to a fixed version (what gets deployed), and
     drop versions whose model is missing when they allow it, re-spreading their weight.
+
+    An orchestra with ``require_approval`` serves only versions approved for its environment:
+    any other fails the deploy, whatever ``if_missing`` says (that covers missing models only).
     """
     registry = ModelRegistry(Storage(storage_uri))
     agents = []
@@ -81,7 +86,37 @@ def pin_models(config: OrchestraConfig, storage_uri: str) -> OrchestraConfig:
     router = config.router
     if router.fallback_agent not in names:
         router = router.model_copy(update={"fallback_agent": None})
-    return config.model_copy(update={"agents": agents, "router": pin_router_classifier(router, registry)})
+    pinned = config.model_copy(update={"agents": agents, "router": pin_router_classifier(router, registry)})
+    if config.require_approval:
+        _require_approved(pinned, registry)
+    return pinned
+
+
+def pinned_models(config: OrchestraConfig) -> dict[str, str]:
+    """Where each registry model of a pinned config is served -> ``registry://name:version``."""
+    models = {
+        f"{agent.name}/{version.version}": version.model
+        for agent in config.agents
+        for version in agent.versions
+        if version.model is not None and version.model.startswith("registry://")
+    }
+    classifier = config.router.classifier
+    if classifier is not None and classifier.model.startswith("registry://"):
+        models["router.classifier"] = classifier.model
+    return models
+
+
+def _require_approved(config: OrchestraConfig, registry: ModelRegistry) -> None:
+    """Raise one ConfigError listing every pinned registry model not approved for the environment."""
+    environment = config.environment
+    refused = []
+    for where, ref in pinned_models(config).items():
+        name, number, _ = parse_ref(ref)
+        if not registry.is_approved(name, number, environment):
+            refused.append(f"  {where}: {name}:{number} (approve it: baton models approve {name}:{number} --env {environment})")
+    if refused:
+        listed = "\n".join(refused)
+        raise ConfigError(f"environment {environment!r} requires approval, and these model versions are not approved for it:\n{listed}")
 
 
 def pin_router_classifier(router: RouterSettings, registry: ModelRegistry) -> RouterSettings:
@@ -164,19 +199,34 @@ def build_application(config: OrchestraConfig, storage_uri: str) -> Application:
     return Ingress.options(name=INGRESS, **ingress_options(config)).bind(config_dict(config), storage_uri, agents)
 
 
-def build_app(args: dict[str, str]) -> Application:
+def build_app(args: dict[str, Any]) -> Application:
     """Serve application builder: ``import_path: serve.builder:build_app`` with
-    ``args: {config: <orchestra.yaml>, base_dir: <repo root>}``.
+    ``args: {config: <orchestra.yaml>, base_dir: <repo root>, environment: <env or overlay file>}``.
     """
     config_path = Path(args["config"])
     base_dir = Path(args.get("base_dir") or config_path.resolve().parent.parent)
-    config = load(config_path)
+    config = load(config_path, args.get("environment"), base_dir)
     return build_application(config, resolve_storage_uri(config, base_dir))
 
 
-def serve_config(config_path: str | Path, base_dir: str | Path, working_dir: str | None = None) -> dict[str, Any]:
-    """The ``serve deploy`` file for an orchestra: same deployments, options spelled out."""
-    config = load(config_path)
+def _app_args(config: OrchestraConfig, config_path: str | Path, base_dir: str | Path, environment: str | None) -> dict[str, Any]:
+    """build_app's args: what to load, and what identifies this deploy of a pinned ``config``."""
+    args: dict[str, Any] = {"config": str(Path(config_path).resolve()), "base_dir": str(Path(base_dir).resolve())}
+    if environment is not None:
+        # An overlay given as a file goes as an absolute path, since Serve builds elsewhere.
+        args["environment"] = str(Path(environment).resolve()) if environment.endswith(OVERLAY_SUFFIXES) else environment
+    # A new code version, or a moved alias (another model version to serve), changes the
+    # args, so Serve rebuilds the app and restarts the replicas.
+    args["code_version"] = code_version()
+    args["models"] = pinned_models(config)
+    return args
+
+
+def serve_config(
+    config_path: str | Path, base_dir: str | Path, working_dir: str | None = None, environment: str | None = None
+) -> dict[str, Any]:
+    """The ``serve deploy`` file for an orchestra in an environment: same deployments, options spelled out."""
+    config = load(config_path, environment, base_dir)
     config = pin_models(config, resolve_storage_uri(config, base_dir))
     deployments = [{"name": INGRESS, **ingress_options(config)}]
     for agent in (a for a in config.agents if not a.composite):
@@ -197,12 +247,7 @@ def serve_config(config_path: str | Path, base_dir: str | Path, working_dir: str
                 "name": APP_NAME,
                 "route_prefix": "/",
                 "import_path": "serve.builder:build_app",
-                "args": {
-                    "config": str(Path(config_path).resolve()),
-                    "base_dir": str(Path(base_dir).resolve()),
-                    # A new code version changes the config, so Serve restarts the replicas.
-                    "code_version": code_version(),
-                },
+                "args": _app_args(config, config_path, base_dir, environment),
                 "runtime_env": runtime_env,
                 "deployments": deployments,
             }

@@ -20,21 +20,26 @@ from rich.progress import track
 from rich.table import Table
 
 from cluster import local
-from cluster.config import OrchestraConfig, resolve_storage_uri
+from cluster.config import ENVIRONMENT_VAR, OrchestraConfig, resolve_storage_uri, selected_environment
 from cluster.errors import BatonError, ConfigError
-from cluster.keys import KeyStore
+from cluster.keys import KeyStore, Principal
 from cluster.storage import Storage
 
 DEFAULT_CONFIG = Path("configs/orchestra.yaml")
 DEV_KEY = Path(".baton/dev-key")
 console = Console(stderr=True)
 ConfigOption = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Orchestra config file.")
+EnvOption = typer.Option(
+    None, "--env", envvar=ENVIRONMENT_VAR,
+    help="Environment overlaid on the orchestra: dev, test, prod (configs/environments/) or an overlay .yaml file.",
+)
 
 
-def _load(config_path: Path) -> OrchestraConfig:
+def _load(config_path: Path, environment: str | None = None) -> OrchestraConfig:
+    """The orchestra in the environment given, else $BATON_ENV's, else as written."""
     from serve.builder import load
 
-    return load(config_path)
+    return load(config_path, selected_environment(environment), Path.cwd())
 
 
 def _storage(config: OrchestraConfig) -> Storage:
@@ -55,7 +60,8 @@ def ensure_dev_key(store: KeyStore, path: Path = DEV_KEY) -> str:
     current = path.read_text().strip() if path.is_file() else None
     key = wanted or current
     if key is None or store.verify(key) is None:
-        key, _ = store.create("admin", "dev", key=key)
+        key, principal = store.create("admin", "dev", key=key)
+        _audit_key_created(store.storage, principal, via="baton up")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -64,8 +70,8 @@ def ensure_dev_key(store: KeyStore, path: Path = DEV_KEY) -> str:
     return key
 
 
-def _application_state() -> tuple[str, str | None]:
-    """(status, code_version) of the baton application as Serve reports it."""
+def _application_state() -> tuple[str, dict]:
+    """(status, deploy args) of the baton application as Serve reports it."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     from serve.builder import APP_NAME
@@ -73,21 +79,21 @@ def _application_state() -> tuple[str, str | None]:
     details = ServeSubmissionClient(local.DASHBOARD_URL).get_serve_details()
     application = details.get("applications", {}).get(APP_NAME) or {}
     args = (application.get("deployed_app_config") or {}).get("args") or {}
-    return application.get("status", "NOT_STARTED"), args.get("code_version")
+    return application.get("status", "NOT_STARTED"), args
 
 
 def wait_ready(url: str, deployed: dict, timeout_s: float) -> None:
     """Wait until Serve runs *this* deployment (not the previous one) and /healthz answers."""
-    wanted = deployed["applications"][0]["args"]["code_version"]
+    wanted = deployed["applications"][0]["args"]
     deadline = time.monotonic() + timeout_s
     status = "NOT_STARTED"
     with console.status("deploying ...") as spinner:
         while time.monotonic() < deadline:
-            status, running_version = _application_state()
+            status, running_args = _application_state()
             spinner.update(f"application {status.lower()} ...")
             if status == "DEPLOY_FAILED":
                 raise BatonError("deployment failed; see `baton status` and the Serve logs in /tmp/ray/session_latest/logs/serve")
-            if status == "RUNNING" and running_version == wanted and _healthy(url):
+            if status == "RUNNING" and running_args == wanted and _healthy(url):
                 return
             time.sleep(1)
     raise BatonError(f"not ready within {timeout_s:.0f}s (application {status}); see `baton status` and the Ray dashboard")
@@ -100,34 +106,48 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def deploy(config_path: Path) -> dict:
-    """Deploy (or redeploy) the orchestra on the running cluster, as `serve deploy` would."""
+def deploy(config_path: Path, environment: str | None = None) -> dict:
+    """Deploy (or redeploy) the orchestra on the running cluster, as `serve deploy` would,
+    pinning each registry alias to its version now; the deploy is audited (admin.deploy)."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
+    from actors.audit import cli_principal, write_operator_action
     from serve.builder import serve_config
 
-    deployed = serve_config(config_path, Path.cwd())
+    environment = selected_environment(environment)
+    storage = _storage(_load(config_path, environment))
+    deployed = serve_config(config_path, Path.cwd(), environment=environment)
+    _, before = _application_state()
     ServeSubmissionClient(local.DASHBOARD_URL).deploy_applications(deployed)
+    after = deployed["applications"][0]["args"]
+    write_operator_action(storage, cli_principal(), "admin.deploy", before=before or None, after=after)
+    return deployed
+
+
+def deploy_and_wait(config_path: Path, environment: str | None, timeout_s: float) -> dict:
+    """Deploy the orchestra and wait until Serve runs this deploy and /healthz answers."""
+    deployed = deploy(config_path, environment)
+    wait_ready(_base_url(_load(config_path, environment)), deployed, timeout_s)
     return deployed
 
 
 def up(
     config_path: Path = ConfigOption,
+    environment: Optional[str] = EnvOption,
     timeout_s: float = typer.Option(600, "--timeout", help="Seconds to wait for /healthz."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs for the Ray head (default: all)."),
 ) -> None:
     """Start a local Ray head (if none runs), deploy the orchestra, wait for /healthz, write the dev key."""
     from serve.builder import cluster_env
 
-    config = _load(config_path)
+    config = _load(config_path, environment)
     if not local.dashboard_up():
         console.print("starting a local Ray head ...")
         local.start_head(cluster_env(Path.cwd()), num_cpus)
     ensure_dev_key(KeyStore(_storage(config)))
-    console.print(f"deploying {config_path} ({len(config.agents)} agents) ...")
-    deployed = deploy(config_path)
+    console.print(f"deploying {config_path} in environment {config.environment} ({len(config.agents)} agents) ...")
+    deploy_and_wait(config_path, environment, timeout_s)
     url = _base_url(config)
-    wait_ready(url, deployed, timeout_s)
     print(f"baton is up.\n  API:        {url}  (docs: {url}/docs)\n  dashboard:  {local.DASHBOARD_URL}")
     print(f"  admin key:  {DEV_KEY} (mode 600)")
     print(
@@ -175,12 +195,14 @@ def status(config_path: Path = ConfigOption) -> None:
 
 def serve_config(
     config_path: Path = ConfigOption,
+    environment: Optional[str] = EnvOption,
     working_dir: Optional[str] = typer.Option(None, help="runtime_env working_dir URI for a remote cluster."),
 ) -> None:
-    """Print the `serve deploy` config for the orchestra: `baton serve-config > serve.yaml`."""
+    """Print the `serve deploy` config for the orchestra: `baton serve-config --env prod > serve.yaml`."""
     from serve.builder import serve_config as build
 
-    yaml.safe_dump(build(config_path, Path.cwd(), working_dir), sys.stdout, sort_keys=False)
+    deployed = build(config_path, Path.cwd(), working_dir, selected_environment(environment))
+    yaml.safe_dump(deployed, sys.stdout, sort_keys=False)
 
 
 # -- router eval ------------------------------------------------------------------------
@@ -356,12 +378,28 @@ def keys_create(
     name: str = typer.Option(..., help="Who the key is for."),
     config_path: Path = ConfigOption,
 ) -> None:
-    """Create a key and print it once."""
+    """Create a key and print it once (audited as admin.keys.create, like POST /v1/admin/keys)."""
+    from actors.audit import cli_principal, write_operator_action
+
+    storage = _storage(_load(config_path))
     try:
-        key, principal = KeyStore(_storage(_load(config_path))).create(role, name)
+        key, principal = KeyStore(storage).create(role, name)
     except ValueError as error:
+        write_operator_action(
+            storage, cli_principal(), "admin.keys.create", status=422, error=f"validation_error: {error}",
+            extra={"role": role, "name": name},
+        )
         raise ConfigError(str(error)) from None
+    _audit_key_created(storage, principal)
     print(json.dumps({"key": key, "id": principal.key_id, "role": role, "name": name}))
+
+
+def _audit_key_created(storage: Storage, principal: Principal, **extra: str) -> None:
+    """The record POST /v1/admin/keys writes: the key's id, name and role, never the key."""
+    from actors.audit import cli_principal, write_operator_action
+
+    after = {"id": principal.key_id, "name": principal.name, "role": principal.role}
+    write_operator_action(storage, cli_principal(), "admin.keys.create", before=None, after=after, extra=extra or None)
 
 
 def register(root: typer.Typer) -> None:

@@ -1,21 +1,22 @@
-"""``baton`` commands of the model lifecycle: train, tune, models list/show/alias/promote.
+"""``baton`` commands of the model lifecycle: train, tune, models list/show/alias/promote/approve.
 Registered on the root CLI through the ``baton.cli`` entry point.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
-import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from cluster import local
-from cluster.errors import BatonError
-from cluster.registry import ModelRegistry
+from cluster.config import ENVIRONMENT_VAR, OrchestraConfig, resolve_storage_uri
+from cluster.errors import BatonError, ConfigError, Conflict, ValidationFailed
+from cluster.registry import CHAMPION, ModelRegistry, parse_ref
 from cluster.storage import Storage
 
 console = Console(stderr=True)
@@ -101,10 +102,38 @@ def models_show(ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@
 
 @models_app.command("alias")
 def models_alias(name: str, version: str, alias: str, storage: str = StorageOption) -> None:
-    """Point ALIAS of NAME at VERSION (written atomically)."""
-    change = _registry(storage).set_alias(name, version, alias)
-    _audit(storage, "admin.models.alias", {"name": name, "alias": alias, "before": change["before"], "after": change["after"]}, 200)
+    """Point ALIAS of NAME at VERSION (written atomically, audited as admin.models.alias)."""
+    change = _audited(storage, "admin.models.alias", {"name": name, "alias": alias}, lambda: _registry(storage).set_alias(name, version, alias))
     print(json.dumps(change))
+
+
+@models_app.command("approve")
+def models_approve(
+    ref: str = typer.Argument(..., help="NAME:VERSION of the model version."),
+    environment: str = typer.Option(..., "--env", envvar=ENVIRONMENT_VAR, help="Environment the approval is for, e.g. prod."),
+    revoke: bool = typer.Option(False, "--revoke", help="Withdraw the approval instead."),
+    storage: str = StorageOption,
+) -> None:
+    """Approve NAME:VERSION for an environment (audited); prints before/after.
+
+    Like SageMaker's model approval status: an orchestra with require_approval
+    (configs/environments/prod.yaml) serves and rolls out only versions approved for its
+    environment. Audited as admin.models.approve, or admin.models.revoke with --revoke.
+    """
+    from actors.audit import cli_principal
+
+    registry = _registry(storage)
+
+    def change() -> dict[str, Any]:
+        name, version, _ = parse_ref(ref)
+        if version is None:
+            raise ValidationFailed(f"give NAME:VERSION, not {ref!r}: an approval is for one version")
+        if revoke:
+            return registry.revoke_approval(name, version, environment)
+        return registry.approve(name, version, environment, cli_principal())
+
+    action = "admin.models.revoke" if revoke else "admin.models.approve"
+    print(json.dumps(_audited(storage, action, {"ref": ref, "environment": environment}, change)))
 
 
 @models_app.command("promote")
@@ -113,37 +142,91 @@ def models_promote(
     version: str,
     storage: str = StorageOption,
     force: bool = typer.Option(False, "--force", help="Promote even if the gate refuses (audited)."),
+    deploy: bool = typer.Option(
+        False, "--deploy",
+        help="Then redeploy the running orchestra (--config, --env) so the new champion serves all its traffic at once "
+        "(every replica restarts). The safe alternative is a guarded rollout: `baton rollout start`.",
+    ),
+    config_path: Path = typer.Option(Path("configs/orchestra.yaml"), "--config", "-c", help="--deploy: the orchestra to redeploy."),
+    environment: Optional[str] = typer.Option(
+        None, "--env", envvar=ENVIRONMENT_VAR, help="--deploy: the environment overlaid on the orchestra (dev, test, prod)."
+    ),
+    timeout_s: float = typer.Option(600, "--timeout", help="--deploy: seconds to wait for the new deploy."),
 ) -> None:
-    """Make VERSION the champion if it beats the current one by the recipe's margin."""
+    """Make VERSION the champion if it beats the current one by the recipe's margin (audited).
+
+    With --deploy, the running orchestra is redeployed at once so the new champion takes all
+    of its traffic; a guarded rollout (`baton rollout start`) shifts traffic step by step and
+    rolls back on failed guards instead, the safe alternative.
+    """
     registry = _registry(storage)
-    evaluation = registry.manifest(name, version).recipe.get("evaluation", {})
-    metric, margin = evaluation.get("metric", "accuracy"), float(evaluation.get("promote_margin", 0.0))
+    config = _deploy_target(config_path, environment, storage, name) if deploy else None
+
+    def change() -> dict[str, Any]:
+        if config is not None and config.require_approval and not registry.is_approved(name, version, config.environment):
+            raise Conflict(
+                f"{name}:{version} is not approved for environment {config.environment!r}, which serves only approved "
+                f"versions: baton models approve {name}:{version} --env {config.environment}"
+            )
+        evaluation = registry.manifest(name, version).recipe.get("evaluation", {})
+        metric, margin = evaluation.get("metric", "accuracy"), float(evaluation.get("promote_margin", 0.0))
+        return registry.promote(name, version, metric=metric, margin=margin, force=force)
+
+    promoted = _audited(storage, "admin.models.promote", {"name": name, "candidate": version}, change)
+    print(json.dumps(promoted))
+    if config is not None:
+        from serve.cli import deploy_and_wait
+
+        console.print(f"redeploying {config_path} (environment {config.environment}) to serve {name}:{version} ...")
+        try:
+            deploy_and_wait(config_path, environment, timeout_s)
+        except BatonError as error:
+            raise BatonError(
+                f"{name}:{version} is the champion, but the redeploy failed: {error.message} "
+                f"(to move the alias back: baton models alias {name} {promoted['before']} {CHAMPION})"
+            ) from None
+        console.print(f"{name}:{version} is served.")
+
+
+def _deploy_target(config_path: Path, environment: str | None, storage: str, name: str) -> OrchestraConfig:
+    """The orchestra promote --deploy redeploys, checked before the alias moves: a cluster
+    runs it, it reads this registry, and it serves NAME's champion."""
+    from serve.cli import _load
+
+    config = _load(config_path, environment)
+    if not local.dashboard_up():
+        raise BatonError("--deploy needs the running cluster (start it with `baton up`), or promote without --deploy")
+    served_from = Storage(resolve_storage_uri(config, Path.cwd())).uri
+    if served_from != Storage(storage).uri:
+        raise ConfigError(f"--deploy: {config_path} serves models from {served_from}, not --storage {Storage(storage).uri}")
+    refs = [v.model for a in config.agents for v in a.versions if v.model] + ([config.router.classifier.model] if config.router.classifier else [])
+    if not any(_names_champion(ref, name) for ref in refs):
+        raise ConfigError(f"--deploy: no agent of {config_path} serves registry://{name}@{CHAMPION}, so a redeploy would change nothing")
+    return config
+
+
+def _names_champion(ref: str, name: str) -> bool:
+    if not ref.startswith("registry://"):
+        return False
+    ref_name, _, alias = parse_ref(ref)
+    return ref_name == name and alias == CHAMPION
+
+
+def _audited(storage: str, action: str, extra: dict[str, Any], act: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run an operator action and write its audit record, done or refused, as the HTTP API does:
+    ``act`` returns {before, after, ...}; the rest of its result joins ``extra`` in the record."""
+    from actors.audit import cli_principal, write_operator_action
+
     try:
-        change = registry.promote(name, version, metric=metric, margin=margin, force=force)
+        change = act()
     except BatonError as error:
-        _audit(storage, "admin.models.promote", {"name": name, "candidate": version, "refused": error.message}, error.status)
+        write_operator_action(Storage(storage), cli_principal(), action, status=error.status, error=f"{error.code}: {error.message}", extra=extra)
         raise
-    _audit(storage, "admin.models.promote", {"name": name, **change}, 200)
-    print(json.dumps(change))
-
-
-def _audit(storage: str, action: str, output: dict, status: int) -> None:
-    """Operator actions from the CLI are audit records like those made over HTTP."""
-    from actors.audit import AuditWriter
-
-    writer = AuditWriter(Storage(storage), store_input_text=False)
-    writer.write(
-        [
-            {
-                "request_id": uuid.uuid4().hex,
-                "principal": f"cli:{getpass.getuser()}",
-                "endpoint": action,
-                "status_code": status,
-                "output": output,
-            }
-        ]
+    details = {key: value for key, value in change.items() if key not in ("before", "after")}
+    write_operator_action(
+        Storage(storage), cli_principal(), action, before=change["before"], after=change["after"], extra={**extra, **details}
     )
-    writer.close()
+    return change
 
 
 optimize_app = typer.Typer(help="Smaller and faster versions of registered models.", no_args_is_help=True)

@@ -1,5 +1,6 @@
 """Model registry: layout, manifests, numbering under concurrency, name validation, refs,
-aliases, checksum verification on fetch and the promote gate, on local and memory:// storage."""
+aliases, approvals per environment, checksum verification on fetch and the promote gate, on
+local and memory:// storage."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import json
 import tempfile
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -74,7 +76,7 @@ def local_registry(tmp_path) -> ModelRegistry:
 def test_exported_names():
     assert sorted(registry_module.__all__) == sorted([
         "CHAMPION", "PREVIOUS", "REF_SCHEME", "ChecksumError", "DataFile", "DatasetInfo", "GateRefused",
-        "Manifest", "ModelRegistry", "check_alias", "check_name", "check_version", "parse_ref",
+        "Manifest", "ModelRegistry", "check_alias", "check_environment", "check_name", "check_version", "parse_ref",
     ])
     assert issubclass(ChecksumError, Conflict) and ChecksumError.status == 409
     assert issubclass(GateRefused, Conflict) and GateRefused.status == 409
@@ -387,3 +389,73 @@ def test_promote_compares_nested_metrics_and_needs_a_known_version(registry, mod
         registry.promote("intent", "v5", metric="accuracy", margin=0.0)
     with pytest.raises(ValidationFailed, match="margin"):
         registry.promote("intent", "v1", metric="per_label.oos.recall", margin=float("nan"))
+
+
+def test_approvals_round_trip_beside_an_unchanged_manifest(registry, storage, model_dir):
+    register(registry, model_dir)
+    register(registry, model_dir)
+    manifest_path = storage.path("registry", "intent", "v2", "manifest.json")
+    manifest_before = storage.fs.cat_file(manifest_path)
+    assert registry.approvals("intent") == {} and not registry.is_approved("intent", "v2", "prod")
+
+    change = registry.approve("intent", "v2", "prod", "cli:alice")
+    assert change["before"] is None and change["after"]["principal"] == "cli:alice"
+    assert (change["name"], change["version"], change["environment"]) == ("intent", "v2", "prod")
+    assert registry.is_approved("intent", "v2", "prod")
+    assert not registry.is_approved("intent", "v2", "test") and not registry.is_approved("intent", "v1", "prod")
+    assert storage.read_json(storage.path("registry", "intent", "approvals.json")) == {"v2": {"prod": change["after"]}}
+    assert storage.fs.cat_file(manifest_path) == manifest_before
+
+    again = registry.approve("intent", "v2", "prod", "cli:bob")
+    assert again["before"] == again["after"] == change["after"]  # the first approval stands
+
+    registry.approve("intent", "v2", "test", "cli:bob")
+    revoked = registry.revoke_approval("intent", "v2", "prod")
+    assert revoked["before"] == change["after"] and revoked["after"] is None
+    assert not registry.is_approved("intent", "v2", "prod") and registry.is_approved("intent", "v2", "test")
+    assert registry.revoke_approval("intent", "v1", "prod")["before"] is None
+    assert set(registry.approvals("intent")) == {"v2"}
+    assert [m["versions"] for m in registry.list_models()] == [["v1", "v2"]]  # approvals.json is no version
+
+
+def test_approvals_need_an_existing_version_and_a_valid_environment(registry, model_dir):
+    with pytest.raises(NotFound):
+        registry.approvals("intent")
+    register(registry, model_dir)
+    with pytest.raises(NotFound, match="intent:v9"):
+        registry.approve("intent", "v9", "prod", "cli:alice")
+    for bad in ("Prod", "../prod", "", "p/q"):
+        with pytest.raises(ValidationFailed, match="environment"):
+            registry.approve("intent", "v1", bad, "cli:alice")
+    with pytest.raises(ValidationFailed, match="version"):
+        registry.is_approved("intent", "latest", "prod")
+
+
+def test_concurrent_approvals_lose_nothing(local_registry, model_dir, monkeypatch):
+    for _ in range(3):
+        register(local_registry, model_dir)
+    read = local_registry._read_approvals
+
+    def slow_read(name):
+        content = read(name)
+        time.sleep(0.01)  # widen the read-modify-write window: without the lock, updates get lost
+        return content
+
+    monkeypatch.setattr(local_registry, "_read_approvals", slow_read)
+    pairs = [(version, f"env{n}") for version in ("v1", "v2", "v3") for n in range(6)]
+    errors: list[BaseException] = []
+
+    def work(version: str, environment: str):
+        try:
+            local_registry.approve("intent", version, environment, "cli:test")
+        except BaseException as error:  # noqa: BLE001 - collected for the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=pair) for pair in pairs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    approvals = json.loads((Path(local_registry.storage.root) / "registry/intent/approvals.json").read_text())
+    assert sorted((v, e) for v, envs in approvals.items() for e in envs) == sorted(pairs)
