@@ -14,8 +14,14 @@ from typing import Callable
 
 from cluster.storage import Storage, validate_segment
 
-ROLES = ("invoke", "admin")
-ROLE_RANK = {"invoke": 0, "admin": 1}
+ROLES = ("invoke", "review", "admin")
+# What a key of each role may use, by the role an endpoint asks for: a review key reaches the
+# review queue and its page and nothing else; an admin key reaches everything.
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "invoke": frozenset({"invoke"}),
+    "review": frozenset({"review"}),
+    "admin": frozenset(ROLES),
+}
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,10 @@ class Principal:
     burst: int | None = None
 
     def allows(self, role: str) -> bool:
-        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+        """Whether this key may use an endpoint that asks for ``role``."""
+        if role not in PERMISSIONS:
+            raise ValueError(f"unknown role {role!r}; roles: {list(ROLES)}")
+        return role in PERMISSIONS.get(self.role, frozenset())
 
 
 def hash_key(key: str) -> str:

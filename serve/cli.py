@@ -374,7 +374,7 @@ keys_app = typer.Typer(help="Manage API keys (stored hashed).", no_args_is_help=
 
 @keys_app.command("create")
 def keys_create(
-    role: str = typer.Option(..., help="invoke or admin"),
+    role: str = typer.Option(..., help="invoke, review or admin"),
     name: str = typer.Option(..., help="Who the key is for."),
     config_path: Path = ConfigOption,
 ) -> None:

@@ -41,7 +41,7 @@ class KeyRateLimit(Body):
 
 
 class KeyBody(Body):
-    role: Literal["invoke", "admin"] = Field(..., description="What the key may do.")
+    role: Literal["invoke", "review", "admin"] = Field(..., description="What the key may do: invoke agents, review answers, or everything.")
     name: StrictStr = Field(..., min_length=1, max_length=64, description="Who or what the key is for.")
     rate_limit: KeyRateLimit | None = Field(None, description="This key's own rate limit; default: auth.rate_limit.")
 
