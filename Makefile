@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: up down test test-unit bench bench-composition bench-training bench-documents install clean chromium
+.PHONY: up down test test-unit bench bench-composition bench-training bench-documents install clean chromium prometheus
 
 install: $(STAMP)
 
@@ -27,7 +27,7 @@ up: $(STAMP)
 down: $(STAMP)
 	$(BIN)/baton down
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium prometheus
 	$(BIN)/pytest
 
 # Headless Chromium for the offline-docs browser test; installed with apt when missing and
@@ -36,6 +36,14 @@ chromium:
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || { \
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	}
+
+# Prometheus and promtool for the scrape test (tests/integration/test_prometheus.py); installed
+# with apt when missing and root, without the recommended exporters; elsewhere that test skips.
+prometheus:
+	@command -v prometheus >/dev/null || [ "$$(id -u)" != 0 ] || { \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	}
 
 test-unit: $(STAMP)

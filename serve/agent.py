@@ -1,6 +1,7 @@
 """One Serve deployment per agent version: loads its specialist once per replica and runs
 invocations, batching unary text calls with ``@serve.batch`` where the model gains from it
-and streaming chunks for agents that stream. Errors leave the replica as ``Failure`` data.
+and streaming chunks for agents that stream. Errors leave the replica as ``Failure`` data;
+each Result carries the CPU- and GPU-seconds its call used in the replica (``UsageMeter``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from ray import serve
@@ -27,6 +31,100 @@ logger = logging.getLogger(__name__)
 _END = object()
 # A peer call without a deadline of its own (the caller's deadline applies when it has one).
 PEER_TIMEOUT_S = 120.0
+
+
+class Span:
+    """One metered call: ``stop()`` ends it (once; later calls return the same usage)."""
+
+    def __init__(self, meter: UsageMeter, cpu_share: float, wall_share: float):
+        self._meter, self.cpu_share, self.wall_share = meter, cpu_share, wall_share
+        self.usage: dict[str, float] | None = None
+
+    def stop(self) -> dict[str, float]:
+        if self.usage is None:
+            self.usage = self._meter.end(self)
+        return self.usage
+
+
+class UsageMeter:
+    """The replica's CPU time and reserved GPU time, shared among the calls in flight.
+
+    While n calls run, each is charged 1/n of the CPU the whole process burns (so torch and
+    ONNX Runtime pool threads count, which a per-thread clock would miss) and 1/n of the wall
+    time times the GPUs Ray reserved for the replica. A replica serves one agent version, so
+    the version's totals are exact; one call's figure is exact when it ran alone and an equal
+    share when calls overlapped. CPU burnt while no call runs (Ray's own threads) is not charged.
+    """
+
+    def __init__(self, gpus: float = 0.0, cpu_clock: Callable[[], float] = time.process_time,
+                 wall_clock: Callable[[], float] = time.monotonic):
+        self.gpus = gpus
+        self._cpu_clock, self._wall_clock = cpu_clock, wall_clock
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._cpu_last, self._wall_last = cpu_clock(), wall_clock()
+        # Per-call shares accumulated since the replica was last idle (a "virtual clock"):
+        # a call's charge is the difference between their values at its end and its start.
+        self._cpu_share = self._wall_share = 0.0
+
+    def start(self) -> Span:
+        """A call begins: from now on it shares what the replica burns."""
+        with self._lock:
+            self._advance()
+            self._in_flight += 1
+            return Span(self, self._cpu_share, self._wall_share)
+
+    def end(self, span: Span) -> dict[str, float]:
+        """A call ends (through ``Span.stop``): its ``cpu_s``, and ``gpu_s`` where GPUs are reserved."""
+        with self._lock:
+            self._advance()
+            self._in_flight -= 1
+            usage = {"cpu_s": self._cpu_share - span.cpu_share}
+            if self.gpus:
+                usage["gpu_s"] = (self._wall_share - span.wall_share) * self.gpus
+            if not self._in_flight:  # no span holds a base any more: restart near 0 to keep precision
+                self._cpu_share = self._wall_share = 0.0
+            return usage
+
+    @contextmanager
+    def measure(self) -> Iterator[Span]:
+        span = self.start()
+        try:
+            yield span
+        finally:
+            span.stop()
+
+    def _advance(self) -> None:
+        cpu, wall = self._cpu_clock(), self._wall_clock()
+        if self._in_flight:
+            self._cpu_share += (cpu - self._cpu_last) / self._in_flight
+            self._wall_share += (wall - self._wall_last) / self._in_flight
+        self._cpu_last, self._wall_last = cpu, wall
+
+
+def charged(result: Result, usage: dict[str, float]) -> Result:
+    """``result`` with ``usage`` added to what it already declares (tokens, or a peer's seconds)."""
+    declared = result.usage or {}
+    return replace(result, usage={**declared, **{key: declared.get(key, 0.0) + value for key, value in usage.items()}})
+
+
+def charged_evenly(answers: list[Result | Failure], usage: dict[str, float]) -> list[Result | Failure]:
+    """A batch's answers, each Result charged an equal share of the batch's usage."""
+    share = {key: value / len(answers) for key, value in usage.items()}
+    return [charged(answer, share) if isinstance(answer, Result) else answer for answer in answers]
+
+
+def reserved_gpus() -> float:
+    """The GPUs (fractions included) Ray reserved for this replica; 0 outside a Ray actor."""
+    import ray
+
+    # Checked first: get_runtime_context() would start a local Ray instance if none runs.
+    if not ray.is_initialized():
+        return 0.0
+    context = ray.get_runtime_context()
+    if context.get_actor_id() is None:
+        return 0.0
+    return float(context.get_assigned_resources().get("GPU", 0.0))
 
 
 def deployment_name(agent: str, version: str) -> str:
@@ -90,6 +188,7 @@ class AgentVersion:
         torch.set_num_threads(torch_threads)
         self.agent, self.version = agent, version
         self.where = f"agent {agent} {version}"
+        self.meter = UsageMeter(gpus=reserved_gpus())
         self.specialist = create_specialist(kind, params)
         self.peers = Peers(peer_dispatcher(peers, peer_traffic or {}, PEER_TIMEOUT_S)) if peers else None
         if self.peers is not None:
@@ -111,7 +210,7 @@ class AgentVersion:
         if self.peers is not None:
             self.peers.attach(asyncio.get_running_loop())
         try:
-            async for item in iterate_in_thread(lambda: self.specialist.stream(invocation)):
+            async for item in iterate_in_thread(lambda: self._metered(self.specialist.stream(invocation))):
                 yield item
         except BatonError as error:
             yield Failure(error)
@@ -120,16 +219,27 @@ class AgentVersion:
 
     def _run_to_end(self, invocation: Invocation) -> Result | Failure:
         try:
-            return drain(self.specialist.stream(invocation))
+            return drain(self._metered(self.specialist.stream(invocation)))
         except BatonError as error:
             return Failure(error)
         except Exception:
             return internal_failure(self.where)
 
+    def _metered(self, items: Iterable[StreamItem]) -> Iterator[StreamItem]:
+        """The stream, its Result charged with the usage of the whole stream up to it."""
+        with self.meter.measure() as span:
+            for item in items:
+                yield charged(item, span.stop()) if isinstance(item, Result) else item
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _invoke_batch(self, invocations: list[Invocation]) -> list[Result | Failure]:
         # The model runs in a thread so the replica keeps accepting the next batch.
-        return await asyncio.to_thread(self._predict_isolated, invocations)
+        return await asyncio.to_thread(self._predict_metered, invocations)
+
+    def _predict_metered(self, invocations: list[Invocation]) -> list[Result | Failure]:
+        with self.meter.measure() as span:
+            answers = self._predict_isolated(invocations)
+        return charged_evenly(answers, span.usage)
 
     def _predict_isolated(self, invocations: list[Invocation]) -> list[Result | Failure]:
         """Predict the batch; if one item is bad, answer the others and fail only that one."""

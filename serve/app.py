@@ -24,6 +24,8 @@ from actors.dispatcher import Called
 from actors.invocation import Chunk
 from cluster.errors import BatonError, NotFound, PayloadTooLarge
 from cluster.keys import Principal
+from serve.lifecycle import lifecycle_router
+from serve.review import review_router
 from serve.docs import mount_offline_docs
 from serve.http_errors import error_response, to_baton_error
 from serve.ingress import Gateway, note, request_id_of
@@ -44,7 +46,7 @@ REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 DOCUMENT_ID = r"^[0-9a-f]{32}$"
 # The agent behind POST /v1/extract (API.md §5).
 EXTRACT_AGENT = "documents"
-UNAUDITED = ("/healthz", "/metrics", "/docs", "/openapi.json", "/redoc")
+UNAUDITED = ("/healthz", "/metrics", "/docs", "/openapi.json", "/redoc", "/review")
 
 
 class ErrorDetail(BaseModel):
@@ -273,6 +275,9 @@ def create_app(gate: Gateway) -> FastAPI:
         _: Principal = admin_key,
     ) -> dict:
         return await gate.audit(since, agent, limit)
+
+    app.include_router(review_router(gate, require))
+    app.include_router(lifecycle_router(gate, require))
 
     @app.get("/metrics", summary="Prometheus metrics.", responses={200: {"content": {"text/plain": {}}}})
     async def metrics(request: Request) -> Response:

@@ -4,10 +4,13 @@ traffic table. Each wraps a plain class from ``actors/`` and restarts on failure
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
+import inspect
 import json
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -15,45 +18,148 @@ from typing import Any
 import ray
 
 from actors.audit import AuditWriter, read_audit
-from actors.monitor import Monitor
+from actors.monitor import Monitor, parse_outcome
 from actors.traffic import TrafficTable
-from cluster.config import OrchestraConfig
-from cluster.storage import Storage
+from cluster.config import CostSettings, DriftSettings, OrchestraConfig, ReviewPolicy, config_dict
+from cluster.errors import Unavailable
+from cluster.local import DASHBOARD_URL, JOB_EXCLUDES
+from cluster.storage import ROOT_ENV, Storage
+from cluster.version import REPO_ROOT
 
 NAMESPACE = "baton"
-MONITOR, AUDIT, TRAFFIC = "baton_monitor", "baton_audit", "baton_traffic"
+REPLACE_ATTEMPTS = 3
+ACTOR_START_S = 120.0
+MONITOR, AUDIT, TRAFFIC, ROLLOUTS = "baton_monitor", "baton_audit", "baton_traffic", "baton_rollouts"
+MONITOR_PRINCIPAL, ROLLOUT_PRINCIPAL = "controller:monitor", "controller:rollouts"
 logger = logging.getLogger(__name__)
 
 
-class MonitorActor:
-    def __init__(self, window_s: float):
-        self.monitor = Monitor(window_s=window_s)
+def actor_identity(cls: type, args: tuple) -> str:
+    """What a control actor was made from: its module's code and its arguments. A redeploy
+    that changes either replaces the actor (its state is on storage, so nothing is lost)."""
+    source = inspect.getsource(inspect.getmodule(cls))
+    return hashlib.sha256(json.dumps([source, args], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def record(self, outcomes: list[dict]) -> None:
-        self.monitor.record(outcomes)
+
+class Identified:
+    """Mixin of the control actors: they answer who they were made as, and get ready to be replaced."""
+
+    identity = ""
+
+    def made_as(self) -> str:
+        return self.identity
+
+    def before_replacement(self) -> None:
+        """Write what only memory holds; the actor is killed next."""
+
+
+class MonitorActor(Identified):
+    """The monitor over durable outcomes; a thread hands its drift alerts to the audit log,
+    the webhook and the rollout controller (which retrains on them)."""
+
+    def __init__(self, storage_uri: str, settings: dict, identity: str = ""):
+        from actors.drift import DriftWatch, registry_references
+
+        self.identity = identity
+        drift = DriftSettings.model_validate(settings["drift"])
+        self.monitor = Monitor(
+            window_s=settings["monitor"]["window_s"],
+            storage=Storage(storage_uri),
+            retention_s=settings["monitor"]["retention_s"],
+            prices=CostSettings.model_validate(settings["cost"]),
+            drift=DriftWatch(drift, registry_references(storage_uri)),
+        )
+        self._webhook = drift.webhook
+        self._lock = threading.Lock()
+        threading.Thread(target=self._forward_alerts_forever, daemon=True, name="drift-alerts").start()
+
+    def record(self, outcomes: list[dict], batch_id: str | None = None) -> None:
+        """Count a batch; one malformed outcome is dropped and logged, so a reporter never
+        resends a batch that can never be accepted."""
+        valid = []
+        for outcome in outcomes:
+            try:
+                parse_outcome(outcome, time.time())
+                valid.append(outcome)
+            except ValueError as error:
+                logger.error("dropped a malformed outcome: %s", error)
+        with self._lock:
+            self.monitor.record(valid, batch_id=batch_id)
 
     def stats(self) -> dict:
-        return self.monitor.stats()
+        with self._lock:
+            return self.monitor.stats()
+
+    def window(self, agent: str, version: str, since: float, until: float | None = None) -> dict:
+        with self._lock:
+            return self.monitor.window(agent, version, since, until)
+
+    def drift_report(self) -> dict:
+        with self._lock:
+            return self.monitor.drift_report()
+
+    def before_replacement(self) -> None:
+        with self._lock:
+            self.monitor.checkpoint()
 
     def prometheus(self) -> bytes:
-        return self.monitor.prometheus()
+        with self._lock:
+            return self.monitor.prometheus()
+
+    def _forward_alerts_forever(self) -> None:
+        while True:
+            time.sleep(1.0)
+            with self._lock:
+                alerts = self.monitor.take_alerts()
+            if alerts:
+                try:
+                    forward_drift_alerts(alerts, self._webhook)
+                except Exception:  # the audit actor or the webhook is down: alerts stay on /v1/admin/drift
+                    logger.exception("could not forward %d drift alerts", len(alerts))
 
 
-class AuditActor:
+def forward_drift_alerts(alerts: list[dict], webhook: str | None) -> None:
+    """Each alert becomes an audit record; the rollout controller may retrain on it."""
+    from actors.audit import operator_record
+
+    records = [
+        operator_record(MONITOR_PRINCIPAL, "drift.alert", after=alert, agent=alert.get("agent"), version=alert.get("version"))
+        for alert in alerts
+    ]
+    ray.get_actor(AUDIT, namespace=NAMESPACE).write.remote(records)
+    try:
+        rollouts = ray.get_actor(ROLLOUTS, namespace=NAMESPACE)
+    except ValueError:
+        rollouts = None
+    if rollouts is not None:
+        rollouts.on_drift.remote(alerts)
+    if webhook:
+        import httpx
+
+        for alert in alerts:
+            httpx.post(webhook, json=alert, timeout=5.0)
+
+
+class AuditActor(Identified):
     """Buffers records and writes Parquet from a timer thread, so callers never wait on I/O."""
 
-    def __init__(self, storage_uri: str, settings: dict):
+    def __init__(self, storage_uri: str, settings: dict, review_policies: dict | None = None, identity: str = ""):
+        from actors.feedback import ReviewQueue
         from actors.pii import PiiRedactor
 
+        self.identity = identity
         self.storage = Storage(storage_uri)
+        # Outputs repeat the same strings (labels, language codes): redact each once.
+        self.redact = functools.lru_cache(maxsize=50_000)(PiiRedactor(use_ner=settings["redact_names"]))
         self.writer = AuditWriter(
             self.storage,
             batch_size=settings["batch_size"],
             flush_interval_s=settings["flush_interval_s"],
             store_input_text=settings["store_input_text"],
-            # Outputs repeat the same strings (labels, language codes): redact each once.
-            redactor=functools.lru_cache(maxsize=50_000)(PiiRedactor(use_ner=settings["redact_names"])),
+            redactor=self.redact,
         )
+        policies = {agent: ReviewPolicy.model_validate(policy) for agent, policy in (review_policies or {}).items()}
+        self.review = ReviewQueue(self.storage, policies)
         self._lock = threading.Lock()
         self._interval = settings["flush_interval_s"]
         threading.Thread(target=self._flush_forever, daemon=True, name="audit-flush").start()
@@ -68,12 +174,31 @@ class AuditActor:
                 logger.exception("audit flush failed; will retry")
 
     def write(self, records: list[dict]) -> int:
+        """Buffer the records; those the ingress marked for review also join the review queue,
+        their text redacted here, off the request's path."""
+        for record in records:
+            review = record.pop("review", None)
+            if review is not None:
+                self._offer(record, review)
         with self._lock:
             return self.writer.write(records)
+
+    def _offer(self, record: dict, review: dict) -> None:
+        item = {
+            "request_id": record["request_id"], "agent": record["agent"], "version": record["version"], "text": record.get("text"),
+            "output": record.get("output"), "label": review.get("label"), "confidence": review.get("confidence"), "ts": record.get("ts"),
+        }
+        try:
+            self.review.offer(item, self.redact)
+        except Exception:  # the queue is best effort; the audit record itself must still be written
+            logger.exception("could not queue request %s for review", record["request_id"])
 
     def flush(self) -> int:
         with self._lock:
             return self.writer.flush()
+
+    def before_replacement(self) -> None:
+        self.flush()
 
     def query(self, **filters: Any) -> list[dict]:
         with self._lock:
@@ -93,10 +218,11 @@ def initial_traffic(config: OrchestraConfig) -> dict:
     return {a.name: {"weights": {v.version: v.weight for v in a.versions}, "sticky": a.sticky} for a in config.agents}
 
 
-class TrafficActor:
+class TrafficActor(Identified):
     """The shared traffic table, persisted to storage so a restart keeps run-time weights."""
 
-    def __init__(self, storage_uri: str, agents: dict, fingerprint: str):
+    def __init__(self, storage_uri: str, agents: dict, fingerprint: str, identity: str = ""):
+        self.identity = identity
         self.storage = Storage(storage_uri)
         self.path = self.storage.path("state", "traffic.json")
         self.fingerprint = fingerprint
@@ -120,60 +246,253 @@ class TrafficActor:
             self._save()
         return self.snapshot()
 
-    def set_weights(self, agent: str, weights: dict, sticky: bool | None) -> dict:
+    def set_weights(self, agent: str, weights: dict, sticky: bool | None = None) -> dict:
         """Returns {"before", "after", "snapshot"}; raises BatonError subclasses on bad input."""
         before, after = self.table.set_weights(agent, weights, sticky)
         self._save()
         return {"before": before, "after": after, "snapshot": self.snapshot()}
+
+    def weights(self, agent: str) -> dict:
+        return self.table.weights(agent)
+
+    def set_shadow(self, agent: str, version: str, percent: int) -> dict:
+        before, after = self.table.set_shadow(agent, version, percent)
+        self._save()
+        return {"before": before, "after": after, "snapshot": self.snapshot()}
+
+    def add_version(self, agent: str, version: str, location: dict) -> dict:
+        self.table.add_version(agent, version, location)
+        self._save()
+        return self.snapshot()
+
+    def remove_version(self, agent: str, version: str) -> dict:
+        self.table.remove_version(agent, version)
+        self._save()
+        return self.snapshot()
 
     def _save(self) -> None:
         self.storage.write_json_atomic(self.path, {"fingerprint": self.fingerprint, "snapshot": self.table.snapshot()})
 
 
 def _named(cls: type, name: str, *args: Any, num_cpus: float = 0.05) -> ray.actor.ActorHandle:
-    return (
-        ray.remote(cls)
-        .options(
-            name=name,
-            namespace=NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_task_retries=-1,
-            num_cpus=num_cpus,
+    identity = actor_identity(cls, args)
+    options = dict(
+        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_restarts=-1, max_task_retries=-1, num_cpus=num_cpus
+    )
+    for _ in range(REPLACE_ATTEMPTS):
+        actor = ray.remote(cls).options(**options).remote(*args, identity=identity)
+        try:
+            if ray.get(actor.made_as.remote(), timeout=ACTOR_START_S) == identity:
+                return actor
+            ray.get(actor.before_replacement.remote(), timeout=ACTOR_START_S)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass  # another replica is replacing it: look again
+        logger.info("replacing control actor %s: new code or config", name)
+        ray.kill(actor, no_restart=True)
+        _wait_until_gone(name)
+    raise RuntimeError(f"control actor {name} could not be replaced after {REPLACE_ATTEMPTS} attempts")
+
+
+def _wait_until_gone(name: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return
+        time.sleep(0.2)
+
+
+class ActorTraffic:
+    """The rollout controller's Traffic port: the shared traffic actor."""
+
+    def __init__(self, actor: Any):
+        self.actor = actor
+
+    async def weights(self, agent: str) -> dict[str, int]:
+        return await self.actor.weights.remote(agent)
+
+    async def set_weights(self, agent: str, weights: dict[str, int]) -> dict:
+        change = await self.actor.set_weights.remote(agent, weights)
+        return {"before": change["before"], "after": change["after"]}
+
+    async def set_shadow(self, agent: str, version: str, percent: int) -> None:
+        await self.actor.set_shadow.remote(agent, version, percent)
+
+
+class ActorWindow:
+    """The rollout controller's Window port: the monitor actor."""
+
+    def __init__(self, actor: Any):
+        self.actor = actor
+
+    async def window(self, agent: str, version: str, since: float, until: float | None = None) -> dict:
+        return await self.actor.window.remote(agent, version, since, until)
+
+
+class RayJobs:
+    """The retraining runner's Jobs port: Ray jobs on this cluster, the repository as working directory."""
+
+    def __init__(self, dashboard_url: str = DASHBOARD_URL):
+        self.dashboard_url = dashboard_url
+
+    @functools.cached_property
+    def client(self):
+        # Connecting checks the dashboard, which a cluster without jobs may not run: only on use.
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.dashboard_url)
+
+    def submit(self, entrypoint: str, env_vars: dict[str, str]) -> str:
+        root = os.environ.get(ROOT_ENV) or str(REPO_ROOT)
+        runtime_env = {"working_dir": root, "excludes": JOB_EXCLUDES, "env_vars": {**env_vars, ROOT_ENV: root}}
+        return self.client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+
+    def status(self, job_id: str) -> str:
+        return self.client.get_job_status(job_id).value
+
+
+class RolloutActor(Identified):
+    """The rollout controller as a named actor. Its coroutines run on one loop in a thread of
+    their own: the tick loop and the calls from ingress replicas take turns there."""
+
+    def __init__(self, storage_uri: str, config: dict, app_name: str, identity: str = ""):
+        from actors.rollout import RolloutController
+        from cluster.registry import ModelRegistry
+        from serve.fleet import ServeFleet
+
+        self.identity = identity
+        settings = OrchestraConfig.model_validate(config)
+        traffic, monitor = (ray.get_actor(name, namespace=NAMESPACE) for name in (TRAFFIC, MONITOR))
+        self._audit_actor = ray.get_actor(AUDIT, namespace=NAMESPACE)
+        self.controller = RolloutController(
+            Storage(storage_uri), ServeFleet(settings, storage_uri, traffic, app_name), ActorTraffic(traffic),
+            ActorWindow(monitor), ModelRegistry(Storage(storage_uri)), self._audit,
+            environment=settings.environment, require_approval=settings.require_approval, history=settings.rollouts.history,
         )
-        .remote(*args)
+        self.retraining = retrain_runner(settings, storage_uri, self.controller, self._audit)
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, daemon=True, name="rollouts").start()
+        asyncio.run_coroutine_threadsafe(self._tick_forever(settings.rollouts.tick_s), self._loop)
+
+    def _audit(self, action: str, output: dict, agent: str | None, version: str | None) -> None:
+        from actors.audit import operator_record
+
+        self._audit_actor.write.remote([operator_record(ROLLOUT_PRINCIPAL, action, after=output, agent=agent, version=version)])
+
+    async def _tick_forever(self, tick_s: float) -> None:
+        while True:
+            for part in (self.controller, self.retraining):
+                try:
+                    await part.tick()
+                except Exception:  # one bad tick must not stop every rollout; the next one retries
+                    logger.exception("%s tick failed", type(part).__name__)
+            await asyncio.sleep(tick_s)
+
+    def _run(self, coroutine) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def start(self, agent: str, candidate: str, plan: dict, principal: str) -> dict:
+        from cluster.config import RolloutPlan
+
+        return self._run(self.controller.start(agent, candidate, RolloutPlan.model_validate(plan), principal))
+
+    def get(self, rollout_id: str) -> dict:
+        return self._run(_awaitable(self.controller.get(rollout_id)))
+
+    def list(self) -> list[dict]:
+        return self._run(_awaitable(self.controller.list()))
+
+    def pause(self, rollout_id: str, principal: str) -> dict:
+        return self._run(self.controller.pause(rollout_id, principal))
+
+    def resume(self, rollout_id: str, principal: str) -> dict:
+        return self._run(self.controller.resume(rollout_id, principal))
+
+    def abort(self, rollout_id: str, principal: str) -> dict:
+        return self._run(self.controller.abort(rollout_id, principal))
+
+    def on_drift(self, alerts: list[dict]) -> None:
+        """Drift alerts from the monitor: agents whose policy retrains on drift will."""
+        self._loop.call_soon_threadsafe(self.retraining.on_drift, alerts)
+
+    def retrain(self, agent: str, principal: str) -> dict:
+        """Retrain now (an operator's trigger); the next tick submits the job."""
+        self._loop.call_soon_threadsafe(self.retraining.trigger, agent, f"manual:{principal}")
+        return {"agent": agent, "triggered": True}
+
+    def retraining_view(self) -> dict:
+        return self._run(_awaitable(self.retraining.view()))
+
+
+def retrain_runner(settings: OrchestraConfig, storage_uri: str, controller: Any, audit: Any):
+    """The retraining policies of the orchestra's agents, driven by the rollout actor's loop."""
+    from actors.feedback import ReviewQueue
+    from actors.retrain import RetrainRunner
+    from cluster.registry import ModelRegistry
+
+    policies = {a.name: a.retrain for a in settings.agents if a.retrain is not None}
+    models = {a.name: max(a.versions, key=lambda v: v.weight).model for a in settings.agents if a.retrain is not None}
+    storage = Storage(storage_uri)
+    reviews = ReviewQueue(storage, {a.name: a.review for a in settings.agents if a.review is not None})
+    return RetrainRunner(
+        storage, policies, models, RayJobs(), ModelRegistry(storage), reviews.labelled_rows,
+        controller.start, _as_coroutine(controller.get), audit,
     )
 
 
-def control_actors(config: OrchestraConfig, storage_uri: str) -> dict[str, ray.actor.ActorHandle]:
+def _as_coroutine(function):
+    async def call(*args: Any) -> Any:
+        return await _awaitable(function(*args))
+
+    return call
+
+
+async def _awaitable(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def review_policies(config: OrchestraConfig) -> dict[str, dict]:
+    return {a.name: a.review.model_dump() for a in config.agents if a.review is not None}
+
+
+def control_actors(config: OrchestraConfig, storage_uri: str, app_name: str = "baton") -> dict[str, ray.actor.ActorHandle]:
     """Get the shared actors, creating each on first use (every replica calls this)."""
-    return {
-        MONITOR: _named(MonitorActor, MONITOR, config.monitor.window_s),
-        AUDIT: _named(AuditActor, AUDIT, storage_uri, config.audit.model_dump()),
+    monitoring = {"monitor": config.monitor.model_dump(), "drift": config.drift.model_dump(), "cost": config.cost.model_dump()}
+    actors = {
+        AUDIT: _named(AuditActor, AUDIT, storage_uri, config.audit.model_dump(), review_policies(config)),
+        MONITOR: _named(MonitorActor, MONITOR, storage_uri, monitoring),
         TRAFFIC: _named(TrafficActor, TRAFFIC, storage_uri, initial_traffic(config), traffic_fingerprint(config)),
     }
+    # The controller reaches the others by name, so it comes last.
+    actors[ROLLOUTS] = _named(RolloutActor, ROLLOUTS, storage_uri, config_dict(config), app_name)
+    return actors
 
 
 class ControlPlane:
-    """The shared monitor, audit and traffic objects as an ingress replica reaches them:
-    named Ray actors in production, or the same classes in-process (``remote=False``),
+    """The shared monitor, audit, traffic and rollout objects as an ingress replica reaches
+    them: named Ray actors in production, or the same classes in-process (``remote=False``),
     which is how the ingress is unit-tested without Ray."""
 
-    def __init__(self, monitor: Any, audit: Any, traffic: Any, remote: bool = True):
-        self.monitor, self.audit, self.traffic, self.remote = monitor, audit, traffic, remote
+    def __init__(self, monitor: Any, audit: Any, traffic: Any, rollouts: Any = None, remote: bool = True):
+        self.monitor, self.audit, self.traffic, self.rollouts, self.remote = monitor, audit, traffic, rollouts, remote
 
     @classmethod
-    def of_cluster(cls, config: OrchestraConfig, storage_uri: str) -> ControlPlane:
-        actors = control_actors(config, storage_uri)
-        return cls(actors[MONITOR], actors[AUDIT], actors[TRAFFIC])
+    def of_cluster(cls, config: OrchestraConfig, storage_uri: str, app_name: str = "baton") -> ControlPlane:
+        actors = control_actors(config, storage_uri, app_name)
+        return cls(actors[MONITOR], actors[AUDIT], actors[TRAFFIC], actors[ROLLOUTS])
 
     @classmethod
     def in_process(cls, config: OrchestraConfig, storage_uri: str) -> ControlPlane:
+        """Without Ray: no rollout controller (it deploys through Serve)."""
         traffic = TrafficActor(storage_uri, initial_traffic(config), traffic_fingerprint(config))
-        return cls(MonitorActor(config.monitor.window_s), AuditActor(storage_uri, config.audit.model_dump()), traffic, remote=False)
+        monitoring = {"monitor": config.monitor.model_dump(), "drift": config.drift.model_dump(), "cost": config.cost.model_dump()}
+        audit = AuditActor(storage_uri, config.audit.model_dump(), review_policies(config))
+        return cls(MonitorActor(storage_uri, monitoring), audit, traffic, remote=False)
 
     async def call(self, target: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        if target is None:
+            raise Unavailable("the rollout controller runs only on a Ray cluster", retry_after_s=60)
         if self.remote:
             return await getattr(target, method).remote(*args, **kwargs)
         return getattr(target, method)(*args, **kwargs)

@@ -6,6 +6,7 @@ serves the FastAPI app of ``serve.app`` over it. No module-global state.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -19,9 +20,12 @@ from fastapi import Request
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from actors.audit import operator_record
 from actors.batching import MicroBatcher
 from actors.composition import LlmLead, Pipeline, Supervisor
 from actors.dispatcher import Called, Dispatcher, Target
+from actors.feedback import FeedbackStore, ReviewQueue, find_request
+from actors.shadow import ShadowCopies
 from actors.documents.store import DocumentStore
 from actors.invocation import Chunk, Document, Invocation
 from actors.ratelimit import RateLimiter
@@ -40,11 +44,15 @@ from serve.control import ControlPlane
 from serve.agent import deployment_name
 from serve.schemas import ChatBody, DocumentFields, InvokeBody, KeyBody, RouteBody, TrafficBody
 from serve.uploads import body_limit
-from serve.targets import serve_targets
+from serve.lifecycle import lifecycle_metrics
+from serve.targets import ServeTarget, serve_targets
+from actors.specialists.registry import SPECIALISTS
 
 logger = logging.getLogger(__name__)
 # A schema-by-example query may be larger than an agent's options; this much more is allowed.
 MAX_QUERY_BYTES = 65_536
+# What an agent's Result.usage may declare that the monitor prices (cost per request).
+USAGE_FIELDS = ("cpu_s", "gpu_s", "input_tokens", "output_tokens")
 
 
 def note(request: Request, **fields: Any) -> None:
@@ -82,6 +90,7 @@ class Gateway:
         documents: DocumentStore | None = None,
         replica: str = "local",
         statuses: Callable[[], dict[str, str]] = dict,
+        connect: Callable[[str, str, dict], Target] | None = None,
     ):
         self.config, self.keys, self.registry, self.router = config, keys, registry, router
         self.documents = documents
@@ -91,12 +100,22 @@ class Gateway:
         self._scorer = MicroBatcher(router.scores, batching.max_batch_size, batching.batch_wait_timeout_s)
         self.traffic = TrafficTable(control_module.initial_traffic(config))
         self.traffic_fingerprint = control_module.traffic_fingerprint(config)
-        self._adopt_traffic(control.call_now(control.traffic, "adopt", control_module.initial_traffic(config), self.traffic_fingerprint))
         reporting = config.reporter
         kwargs = dict(max_batch=reporting.max_batch, interval_s=reporting.interval_s, max_buffer=reporting.max_buffer)
         self.monitor_reporter = BufferedReporter(control.sink(control.monitor, "record"), name="monitor", **kwargs)
         self.audit_reporter = BufferedReporter(control.sink(control.audit, "write"), name="audit", **kwargs)
         self.dispatcher = Dispatcher(targets, self.traffic, default_timeout_s=config.limits.agent_timeout_s)
+        self.dispatcher.shadow = ShadowCopies(
+            self.dispatcher.targets, self.traffic, self.monitor_reporter.add, max_in_flight=config.shadow.max_in_flight,
+            text_agreement=config.shadow.text_agreement, timeout_s=config.limits.agent_timeout_s,
+        )
+        self.storage = registry.storage
+        self.review = ReviewQueue(self.storage, {a.name: a.review for a in config.agents if a.review is not None})
+        self.feedback_store = FeedbackStore(self.storage)
+        self._configured = {a.name: {v.version for v in a.versions} for a in config.agents}
+        self.models = {(a.name, v.version): v.model for a in config.agents for v in a.versions if v.model}
+        self._connect = connect
+        self.adopt_traffic(control.call_now(control.traffic, "adopt", control_module.initial_traffic(config), self.traffic_fingerprint))
         self._add_composites()
         llm = config.router.llm
         self.policy = RoutingPolicy(
@@ -120,11 +139,12 @@ class Gateway:
             registry=ModelRegistry(Storage(storage_uri)),
             router=build_router(settings, storage_uri, settings.ingress.resources.torch_threads),
             sessions=open_session_store(storage_uri, session_limits(settings)),
-            control=ControlPlane.of_cluster(settings, storage_uri),
+            control=ControlPlane.of_cluster(settings, storage_uri, serve.get_replica_context().app_name),
             targets=serve_targets(settings, handles),
             documents=DocumentStore(Storage(storage_uri)),
             replica=serve.get_replica_context().replica_id.unique_id,
             statuses=deployment_statuses,
+            connect=functools.partial(connect_version, settings),
         )
 
     # -- wiring -----------------------------------------------------------------------
@@ -175,14 +195,28 @@ class Gateway:
         while True:
             await asyncio.sleep(1.0)
             try:
-                self._adopt_traffic(await self.control.call(self.control.traffic, "snapshot"))
+                self.adopt_traffic(await self.control.call(self.control.traffic, "snapshot"))
             except Exception:  # the actor restarts by itself; keep the last known weights
                 logger.warning("traffic table unreachable; keeping generation %s", self.traffic.generation)
 
-    def _adopt_traffic(self, snapshot: dict) -> None:
+    def adopt_traffic(self, snapshot: dict) -> None:
         """Only a table for this deploy's versions: during a rollout the old replicas keep theirs."""
         if snapshot["fingerprint"] == self.traffic_fingerprint:
             self.traffic.load(snapshot)
+            self._follow_added_versions()
+
+    def _follow_added_versions(self) -> None:
+        """Connect to versions deployed at run time (rollout candidates); forget retired ones."""
+        added = self.traffic.added()
+        for agent, versions in added.items():
+            targets = self.dispatcher.targets.get(agent)
+            for version, location in versions.items():
+                if targets is not None and version not in targets and self._connect is not None:
+                    targets[version] = self._connect(agent, version, location)
+                    self.models[agent, version] = location.get("model")
+        for agent, targets in self.dispatcher.targets.items():
+            for version in [v for v in targets if v not in self._configured.get(agent, {v}) and v not in added.get(agent, {})]:
+                del targets[version]
 
     def check_health(self) -> None:
         if self.monitor_reporter.dropped or self.audit_reporter.dropped:
@@ -287,8 +321,10 @@ class Gateway:
     def note_outcome(request: Request, called: Called) -> None:
         """A call's outcome for the request's audit record and monitor outcome."""
         result = called.result
-        note(request, output=result.output if result else None, label=result.label if result else None,
-             trace=result.trace if result else None)
+        if result is None:
+            return
+        note(request, output=result.output, label=result.label, trace=result.trace, score=result.score,
+             features=list(result.features) if result.features else None, usage=result.usage)
 
     def finished(self, request: Request, called: Called) -> None:
         """Note a call's outcome; raise its error for the error response."""
@@ -350,13 +386,14 @@ class Gateway:
         agents = []
         for agent in self.config.agents:
             weights = self.traffic.weights(agent.name)
+            added = self.traffic.added(agent.name).get(agent.name, {})
             versions = [
                 {
-                    "version": v.version,
-                    "weight": weights[v.version],
-                    "status": "ready" if agent.composite else statuses.get(deployment_name(agent.name, v.version), "unknown"),
+                    "version": version,
+                    "weight": weight,
+                    "status": self._version_status(agent, version, added, statuses),
                 }
-                for v in agent.versions
+                for version, weight in weights.items()
             ]
             entry = {"name": agent.name, "kind": agent.kind, "description": agent.description, "versions": versions}
             if agent.supervisor is not None:
@@ -364,6 +401,13 @@ class Gateway:
                 entry["policy"] = agent.supervisor.policy
             agents.append(entry)
         return {"agents": agents}
+
+    def _version_status(self, agent, version: str, added: dict, statuses: dict[str, str]) -> str:
+        if agent.composite:
+            return "ready"
+        if version in added:  # a rollout candidate, served by an application of its own
+            return "ready" if version in self.dispatcher.targets.get(agent.name, {}) else "connecting"
+        return statuses.get(deployment_name(agent.name, version), "unknown")
 
     def pipelines_view(self) -> dict:
         return {
@@ -378,11 +422,50 @@ class Gateway:
         names = [*(a.name for a in self.config.agents), *self.pipeline_names()]
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "baton"} for name in names]}
 
+    @staticmethod
+    def note_action(request: Request, action: str, *, agent: str | None = None, version: str | None = None, before: Any = None, after: Any = None) -> None:
+        """An operator action made over HTTP: its audit record is this request's, built by
+        ``operator_record`` like the CLI's and the controllers' (see ``report``)."""
+        note(request, action={"action": action, "agent": agent, "version": version, "before": before, "after": after})
+
     async def set_traffic(self, request: Request, name: str, body: TrafficBody) -> dict:
         change = await self.control.call(self.control.traffic, "set_weights", name, body.weights, body.sticky)
-        self._adopt_traffic(change["snapshot"])
-        note(request, agent=name, endpoint="admin.traffic.set", output={"before": change["before"], "after": change["after"]})
+        self.adopt_traffic(change["snapshot"])
+        self.note_action(request, "admin.traffic.set", agent=name, before=change["before"], after=change["after"])
         return {"agent": name, **change["after"]}
+
+    # -- ground truth: feedback and review (serve/review.py's port) ---------------------
+
+    async def feedback(self, request: Request, body: dict, principal: Principal) -> dict:
+        audited = await asyncio.to_thread(find_request, self.storage, body["request_id"])
+        outcome = await asyncio.to_thread(self.feedback_store.add, audited, body, principal.key_id)
+        if outcome["correct"] is not None or outcome["reward"] is not None:  # a label the answer did not declare judges nothing
+            self.monitor_reporter.add(outcome)
+        # The audit trail keeps the feedback too, so a rebuilt monitor or a report can find it.
+        note(request, endpoint="feedback", output=outcome)
+        return outcome
+
+    async def review_items(self, request: Request, agent: str | None, limit: int, principal: Principal) -> list[dict]:
+        return await asyncio.to_thread(self.review.pending, agent, limit, principal.role == "admin")
+
+    async def answer_review(self, request: Request, request_id: str, label: str, principal: Principal) -> dict:
+        answered = await asyncio.to_thread(self.review.answer, request_id, label, principal.key_id)
+        self.note_action(
+            request, "review.answer", agent=answered["agent"], version=answered["version"],
+            before={"state": "pending", "label": answered["model_label"]}, after={"state": "answered", "label": answered["label"]},
+        )
+        self.monitor_reporter.add(
+            {"kind": "feedback", "ts": time.time(), "agent": answered["agent"], "version": answered["version"],
+             "request_id": request_id, "correct": answered["label"] == answered["model_label"], "reward": None}
+        )
+        return answered
+
+    async def version_windows(self, agent: str, window_s: float) -> dict[str, dict]:
+        """Each version's monitor window over the last ``window_s`` seconds."""
+        since = time.time() - window_s
+        versions = list(self.traffic.weights(agent)) if agent in self._configured else list(self.dispatcher.targets.get(agent, {}))
+        windows = await asyncio.gather(*(self.control.call(self.control.monitor, "window", agent, v, since) for v in versions))
+        return dict(zip(versions, windows))
 
     def create_key(self, request: Request, body: KeyBody) -> dict:
         limit = body.rate_limit
@@ -390,7 +473,7 @@ class Gateway:
             body.role, body.name, rate_per_s=limit.requests_per_s if limit else None, burst=limit.burst if limit else None
         )
         after = {"id": principal.key_id, "name": principal.name, "role": principal.role}
-        note(request, endpoint="admin.keys.create", output={"before": None, "after": after})
+        self.note_action(request, "admin.keys.create", after=after)
         return {"key": key, "id": principal.key_id, "role": principal.role, "name": principal.name}
 
     async def models(self, name: str | None = None) -> dict:
@@ -425,7 +508,10 @@ class Gateway:
         return await self.control.call(self.control.monitor, "stats")
 
     async def prometheus(self) -> bytes:
-        return await self.control.call(self.control.monitor, "prometheus")
+        monitor = await self.control.call(self.control.monitor, "prometheus")
+        rollouts = await self.control.call(self.control.rollouts, "list") if self.control.rollouts is not None else []
+        weights = {a.name: self.traffic.weights(a.name) for a in self.config.agents}
+        return monitor + lifecycle_metrics(weights, rollouts)
 
     # -- reporting --------------------------------------------------------------------
 
@@ -434,37 +520,62 @@ class Gateway:
         latency_ms = (time.perf_counter() - started) * 1000
         get = lambda name: getattr(state, name, None)  # noqa: E731
         status = get("status") or status  # a stream's status is its outcome, not the 200 it began with
-        self.audit_reporter.add(
-            {
-                "request_id": get("request_id"),
-                "ts": wall_start,
-                "principal": get("principal"),
-                "endpoint": get("endpoint") or f"{request.method} {request.url.path}",
-                "agent": get("agent"),
-                "version": get("version"),
-                "routed_by": get("routed_by"),
-                "confidence": get("confidence"),
-                "status_code": status,
-                "latency_ms": latency_ms,
-                "text": get("text"),
-                "input_sha256": get("input_sha256"),
-                "output": get("output"),
-                "error": get("error"),
-                "metadata": get("metadata"),
-                "trace": get("trace"),
-            }
-        )
+        agent, version, usage = get("agent"), get("version"), get("usage") or {}
+        record = {
+            "request_id": get("request_id"),
+            "ts": wall_start,
+            "principal": get("principal"),
+            "endpoint": get("endpoint") or f"{request.method} {request.url.path}",
+            "agent": agent,
+            "version": version,
+            "routed_by": get("routed_by"),
+            "confidence": get("confidence"),
+            "status_code": status,
+            "latency_ms": latency_ms,
+            "text": get("text"),
+            "input_sha256": get("input_sha256"),
+            "output": get("output"),
+            "error": get("error"),
+            "metadata": get("metadata"),
+            "trace": get("trace"),
+        }
+        action = get("action")
+        if action is not None:
+            record.update(operator_record(
+                record["principal"] or "anonymous", action["action"], before=action["before"], after=action["after"], status=status,
+                agent=action["agent"], version=action["version"], error=record["error"], request_id=record["request_id"], ts=wall_start,
+            ))
+        if action is not None or get("endpoint") == "feedback":
+            self.audit_reporter.add(record)  # an operator action or feedback: no agent call to count
+            return
+        if status == 200 and agent is not None and record["text"] and self.review.wants(agent, get("score")):
+            # The audit actor queues it for a person, with the input redacted there, off this path.
+            record["review"] = {"label": get("label"), "confidence": get("score")}
+        self.audit_reporter.add(record)
         self.monitor_reporter.add(
             {
                 "ts": wall_start,
-                "agent": get("agent"),
-                "version": get("version"),
+                "agent": agent,
+                "version": version,
                 "status": status,
                 "latency_ms": latency_ms,
                 "routed_by": get("routed_by"),
                 "label": get("label"),
+                "confidence": get("score"),
+                "features": get("features"),
+                "model": self.models.get((agent, version)),
+                "request_id": get("request_id"),
+                **{name: usage[name] for name in USAGE_FIELDS if name in usage},
             }
         )
+
+
+def connect_version(config: OrchestraConfig, agent: str, version: str, location: dict) -> Target:
+    """A dispatcher target for a version deployed at run time, from where the traffic table says it runs."""
+    settings = config.agent(agent)
+    kind = settings.version_kind(max(settings.versions, key=lambda v: v.weight))
+    handle = serve.get_deployment_handle(location["deployment"], app_name=location["app"])
+    return ServeTarget(handle, SPECIALISTS[kind].streams, f"agent {agent} {version}")
 
 
 SERVE_STATUS = {"HEALTHY": "ready", "UPSCALING": "ready", "DOWNSCALING": "ready", "UPDATING": "updating", "UNHEALTHY": "unhealthy", "DEPLOY_FAILED": "failed"}
