@@ -113,7 +113,7 @@ class Gateway:
         self.review = ReviewQueue(self.storage, {a.name: a.review for a in config.agents if a.review is not None})
         self.feedback_store = FeedbackStore(self.storage)
         self._configured = {a.name: {v.version for v in a.versions} for a in config.agents}
-        self.models = {(a.name, v.version): v.model for a in config.agents for v in a.versions if v.model}
+        self.version_models = {(a.name, v.version): v.model for a in config.agents for v in a.versions if v.model}
         self._connect = connect
         self.adopt_traffic(control.call_now(control.traffic, "adopt", control_module.initial_traffic(config), self.traffic_fingerprint))
         self._add_composites()
@@ -213,7 +213,7 @@ class Gateway:
             for version, location in versions.items():
                 if targets is not None and version not in targets and self._connect is not None:
                     targets[version] = self._connect(agent, version, location)
-                    self.models[agent, version] = location.get("model")
+                    self.version_models[agent, version] = location.get("model")
         for agent, targets in self.dispatcher.targets.items():
             for version in [v for v in targets if v not in self._configured.get(agent, {v}) and v not in added.get(agent, {})]:
                 del targets[version]
@@ -563,7 +563,7 @@ class Gateway:
                 "label": get("label"),
                 "confidence": get("score"),
                 "features": get("features"),
-                "model": self.models.get((agent, version)),
+                "model": self.version_models.get((agent, version)),
                 "request_id": get("request_id"),
                 **{name: usage[name] for name in USAGE_FIELDS if name in usage},
             }
