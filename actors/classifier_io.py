@@ -1,6 +1,7 @@
 """Reading and writing classifier directories: Hugging Face checkpoints and the int8
-variant (``optimization.json`` + ``quantized.pt``), and the out-of-scope rule a registered
-classifier is measured and served with; shared by serving and training.
+variant (``optimization.json`` + ``quantized.pt``), the out-of-scope rule a registered
+classifier is measured and served with, and the pooled output its drift profile projects;
+shared by serving and training.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from actors.drift import Profile, profile_of
 from cluster.errors import BatonError, ConfigError
 from cluster.registry import REF_SCHEME, Manifest, ModelRegistry
 from cluster.storage import Storage
@@ -115,36 +117,61 @@ class OutOfScopeRule:
 
 class TextClassifier:
     """A loaded classifier as a function: texts -> (n, n_labels) probabilities; ``label_ids``
-    applies its out-of-scope rule, if it has one."""
+    applies its out-of-scope rule, if it has one. With a drift ``profile``, ``classify`` also
+    gives each input's projection, from the same forward pass."""
 
-    def __init__(self, model_dir: str | Path, max_length: int = DEFAULT_MAX_LENGTH, out_of_scope: OutOfScopeRule | None = None):
+    def __init__(
+        self, model_dir: str | Path, max_length: int = DEFAULT_MAX_LENGTH, out_of_scope: OutOfScopeRule | None = None,
+        profile: Profile | None = None,
+    ):
         self.tokenizer, self.model, self.labels = load_classifier(model_dir)
         self.max_length = max_length
         self.out_of_scope = out_of_scope
+        self.profile = profile
         if out_of_scope and out_of_scope.label not in self.labels:
             raise ConfigError(f"{model_dir}: out-of-scope label {out_of_scope.label!r} is not a label of the model files")
         self._oos_index = self.labels.index(out_of_scope.label) if out_of_scope else None
 
     def __call__(self, texts: list[str]) -> np.ndarray:
+        return self.forward(texts)[0]
+
+    def forward(self, texts: list[str], pooled: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, pooled encoder output or None): the pooled output is the masked mean
+        of the last hidden state, what a drift profile projects."""
         import torch
 
         batch = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
         with torch.no_grad():
-            return torch.softmax(self.model(**batch).logits, dim=-1).numpy()
+            output = self.model(**batch, output_hidden_states=pooled)
+            probabilities = torch.softmax(output.logits, dim=-1).numpy()
+            if not pooled:
+                return probabilities, None
+            return probabilities, mean_pool(output.hidden_states[-1], batch["attention_mask"]).numpy()
+
+    def classify(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, (n, k) projections of the inputs, or None without a profile)."""
+        probabilities, pooled = self.forward(texts, pooled=self.profile is not None)
+        return probabilities, None if pooled is None else self.profile.project(pooled)
 
     def label_ids(self, probabilities: np.ndarray) -> np.ndarray:
         threshold = self.out_of_scope.threshold if self.out_of_scope else 0.0
         return predictions(probabilities, self._oos_index, threshold)
 
 
+def mean_pool(hidden: Any, attention_mask: Any) -> Any:
+    """Mean of the token vectors that are not padding: (batch, tokens, d) -> (batch, d)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
 def open_classifier(model: str, storage_uri: str | None = None, max_length: int | None = None) -> TextClassifier:
     """A classifier from a local directory or a ``registry://`` reference. A registered one keeps
-    its manifest's out-of-scope rule and, unless ``max_length`` is given, its training truncation:
-    it is served as it was measured."""
+    its manifest's out-of-scope rule, its drift profile (if it has one) and, unless ``max_length``
+    is given, its training truncation: it is served as it was measured."""
     if not model.startswith(REF_SCHEME):
         return TextClassifier(model, max_length or DEFAULT_MAX_LENGTH)
     registry = ModelRegistry(Storage(storage_uri or os.environ.get("BATON_STORAGE", ".baton")))
     manifest = registry.manifest(*registry.resolve(model))
     trained = (manifest.recipe.get("training") or {}).get("max_length")
     directory = registry.fetch(f"{manifest.name}:{manifest.version}")
-    return TextClassifier(directory, max_length or trained or DEFAULT_MAX_LENGTH, OutOfScopeRule.of(manifest))
+    return TextClassifier(directory, max_length or trained or DEFAULT_MAX_LENGTH, OutOfScopeRule.of(manifest), profile_of(manifest))

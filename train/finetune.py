@@ -21,11 +21,13 @@ from typing import Any, Callable
 import numpy as np
 
 from actors.classifier_io import predictions
+from actors.drift import PROFILE_KEY
 from cluster.errors import BatonError, exit_code
 from cluster.registry import Manifest, ModelRegistry
 from cluster.storage import Storage
 from train.data import PreparedData, load_dataset
 from train.metrics import classification_metrics, confusion_matrix
+from train.profile import reference_profile
 from train.recipe import Recipe, load_recipe
 
 STATE_FILE = "train_state.pt"
@@ -346,6 +348,8 @@ def register_result(recipe: Recipe, data: PreparedData, storage: Storage, checkp
         parent = parent if parent_name == recipe.name else None
     clean = {k: (json.loads(v) if k == "per_class_f1" else v) for k, v in metrics.items() if k in METRIC_KEYS}
     with checkpoint.as_directory() as directory:
+        # The drift reference travels with the version, so whoever serves it can be checked against it.
+        profile = reference_profile(Path(directory) / "model", recipe, data)
         return registry.register(
             recipe.name,
             Path(directory) / "model",
@@ -356,7 +360,7 @@ def register_result(recipe: Recipe, data: PreparedData, storage: Storage, checkp
             dataset=data.dataset_ref(),
             recipe=recipe.model_dump(mode="json"),
             parent_version=parent,
-            extra=extra,
+            extra={**(extra or {}), PROFILE_KEY: profile.model_dump(mode="json")},
         )
 
 

@@ -1,15 +1,18 @@
 """The ``classify`` specialist: serves any registered sequence classifier (float or int8),
 fetched from the registry with its checksums verified; optionally maps to sentiment labels.
+A model registered with a drift profile also reports each input's projection (Result.features).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from actors.classifier_io import open_classifier
+from actors.invocation import Result
 from actors.specialists.base import Specialist
 
 SENTIMENT_LABELS = ("POSITIVE", "NEGATIVE", "NEUTRAL", "MIXED")
@@ -59,6 +62,17 @@ def sentiment_result(labels: list[str], probabilities: np.ndarray, neutral_thres
     return {"label": label, "scores": scores}
 
 
+class ClassifyOutput(dict):
+    """A classify answer: a plain dict to whoever reads it, carrying from predict() to result()
+    what the model itself said (its label, probability and the input's drift projection). The
+    monitor watches those, not the served mapping: a sentiment answer of NEUTRAL is still the
+    model's POSITIVE at 0.6, the label and confidence its drift profile describes."""
+
+    def __init__(self, output: dict, model_signals: tuple[str, float], features: tuple[float, ...] | None):
+        super().__init__(output)
+        self.model_signals, self.features = model_signals, features
+
+
 class ClassifySpecialist(Specialist):
     kind: ClassVar[str] = "classify"
     Params: ClassVar[type[BaseModel]] = ClassifyParams
@@ -75,11 +89,22 @@ class ClassifySpecialist(Specialist):
         self._classifier = open_classifier(self.params.model, self.params.storage, self.params.max_length)
 
     def _predict(self, texts: list[str], options: list[Any]) -> list[dict]:
-        probabilities = self._classifier(texts)
+        probabilities, projections = self._classifier.classify(texts)
         label_ids = self._classifier.label_ids(probabilities)
-        return [self._result(row, int(label_id), option) for row, label_id, option in zip(probabilities, label_ids, options)]
+        labels = self._classifier.labels
+        answers = []
+        for index, (row, label_id, option) in enumerate(zip(probabilities, label_ids, options)):
+            features = None if projections is None else tuple(round(float(value), 5) for value in projections[index])
+            signals = (labels[int(label_id)], float(row[int(label_id)]))
+            answers.append(ClassifyOutput(self._result(row, int(label_id), option), signals, features))
+        return answers
+
+    def result(self, output: dict) -> Result:
+        return replace(super().result(output), features=getattr(output, "features", None))
 
     def signals(self, output: dict) -> tuple[str | None, float | None]:
+        if isinstance(output, ClassifyOutput):
+            return output.model_signals
         # The chosen label is always among the listed scores, in both output modes.
         return output["label"], output["scores"][output["label"]]
 
