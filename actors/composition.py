@@ -68,10 +68,11 @@ def merged(called: Sequence[tuple[str, Called]]) -> Result:
 
 
 def _total_usage(usages: Any) -> dict | None:
-    total: dict[str, int] = {}
+    """Tokens and CPU/GPU seconds summed over the steps (a composite costs what its steps cost)."""
+    total: dict[str, float] = {}
     for usage in usages:
         for key, value in (usage or {}).items():
-            if isinstance(value, int):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 total[key] = total.get(key, 0) + value
     return total or None
 

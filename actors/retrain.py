@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import yaml
 
 from cluster.config import RetrainPolicy, RolloutPlan
-from cluster.errors import BatonError
+from cluster.errors import Conflict
 from cluster.registry import ModelRegistry, parse_ref
 from cluster.storage import Storage
 from cluster.version import REPO_ROOT
@@ -71,7 +71,7 @@ class RetrainRunner:
 
     def trigger(self, agent: str, reason: str = "manual") -> None:
         if agent not in self.policies:
-            raise BatonError(f"agent {agent!r} has no retrain policy")
+            raise Conflict(f"agent {agent!r} has no retrain policy (or serves no registry model to retrain)")
         self._triggers[agent] = {"reason": reason}
 
     def _due(self, agent: str, policy: RetrainPolicy, state: dict) -> dict | None:

@@ -274,7 +274,7 @@ class TrafficActor(Identified):
         self.storage.write_json_atomic(self.path, {"fingerprint": self.fingerprint, "snapshot": self.table.snapshot()})
 
 
-def _named(cls: type, name: str, *args: Any, num_cpus: float = 0.05) -> ray.actor.ActorHandle:
+def _named(cls: type, name: str, *args: Any, num_cpus: float = 0.01) -> ray.actor.ActorHandle:
     identity = actor_identity(cls, args)
     options = dict(
         name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_restarts=-1, max_task_retries=-1, num_cpus=num_cpus
@@ -418,7 +418,7 @@ class RolloutActor(Identified):
 
     def retrain(self, agent: str, principal: str) -> dict:
         """Retrain now (an operator's trigger); the next tick submits the job."""
-        self._loop.call_soon_threadsafe(self.retraining.trigger, agent, f"manual:{principal}")
+        self._run(_awaitable(self.retraining.trigger(agent, f"manual:{principal}")))
         return {"agent": agent, "triggered": True}
 
     def retraining_view(self) -> dict:
@@ -431,14 +431,20 @@ def retrain_runner(settings: OrchestraConfig, storage_uri: str, controller: Any,
     from actors.retrain import RetrainRunner
     from cluster.registry import ModelRegistry
 
-    policies = {a.name: a.retrain for a in settings.agents if a.retrain is not None}
-    models = {a.name: max(a.versions, key=lambda v: v.weight).model for a in settings.agents if a.retrain is not None}
+    # An agent retrains the registry model it serves most; one serving none (skipped as missing) waits for a redeploy.
+    models = {a.name: _served_model(a) for a in settings.agents if a.retrain is not None and _served_model(a)}
+    policies = {name: settings.agent(name).retrain for name in models}
     storage = Storage(storage_uri)
     reviews = ReviewQueue(storage, {a.name: a.review for a in settings.agents if a.review is not None})
     return RetrainRunner(
         storage, policies, models, RayJobs(), ModelRegistry(storage), reviews.labelled_rows,
         controller.start, _as_coroutine(controller.get), audit,
     )
+
+
+def _served_model(agent) -> str | None:
+    model = max(agent.versions, key=lambda v: v.weight).model
+    return model if model and model.startswith("registry://") else None
 
 
 def _as_coroutine(function):

@@ -83,6 +83,17 @@ def lifecycle_router(gate: Gateway, require) -> APIRouter:
             raise NotFound(f"agent {agent!r} has no versions to compare")
         return experiment_report(agent, windows)
 
+    @router.get("/v1/admin/retraining", summary="Each retraining policy's state: idle, training (a Ray job) or rolling out.")
+    async def retraining(_: Principal = admin_key) -> dict:
+        return {"agents": await gate.control.call(gate.control.rollouts, "retraining_view")}
+
+    @router.post("/v1/admin/agents/{name}/retrain", status_code=202, summary="Retrain an agent now, as its policy would on drift.")
+    async def retrain(request: Request, name: str, principal: Principal = admin_key) -> dict:
+        gate.known(name)
+        answer = await gate.control.call(gate.control.rollouts, "retrain", name, principal.key_id)
+        gate.note_action(request, "admin.retrain.trigger", agent=name, after=answer)
+        return answer
+
     @router.get("/v1/admin/drift", summary="Drift of each agent version against its model's reference profile.")
     async def drift(_: Principal = admin_key) -> dict:
         return {"agents": await gate.control.call(gate.control.monitor, "drift_report")}

@@ -17,7 +17,7 @@ from actors.documents.extraction import check_llm_answer, classify_pages, llm_me
 from actors.documents.model import Page
 from actors.documents.pages import count_pages, decode_pages, sniff_media_type, text_layers
 from actors.documents.schema import Query, compile_query
-from actors.invocation import Document, Invocation, Result, StreamItem
+from actors.invocation import Document, Invocation, StreamItem
 from actors.specialists.base import Specialist, package_version
 from actors.specialists.ocr import OcrSpecialist
 from cluster.config import DocumentLimits

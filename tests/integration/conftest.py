@@ -78,25 +78,25 @@ def llm_agent(name: str, description: str, params: dict):
 
 @pytest.fixture(scope="session")
 def tiny_classifiers(storage_uri, tmp_path_factory) -> str:
-    """Registry models ``tiny:v1..v3`` (test doubles, see tiny_classifier.py); the ``tiny`` agent serves the champion."""
-    from tests.integration.tiny_classifier import register_tiny_classifiers
+    """Registry models ``tiny:v1..v3`` (test doubles, see tests/unit/classifier_doubles.py); the ``reviews`` agent serves the champion."""
+    from tests.unit.classifier_doubles import register_tiny_classifiers
 
     register_tiny_classifiers(storage_uri, tmp_path_factory.mktemp("tiny-classifier"))
     return "registry://tiny@champion"
 
 
-def tiny_agent(model: str):
+def reviews_agent(model: str):
     from cluster.config import AgentSettings
 
     version = {"version": "v1", "weight": 100, "model": model, "resources": {"num_cpus": 0.05}, "autoscaling": {"min_replicas": 1, "max_replicas": 1}}
-    return AgentSettings(name="tiny", kind="classify", description="A tiny review classifier that rollouts replace.", routable=False, versions=[version])
+    return AgentSettings(name="reviews", kind="classify", description="A tiny review classifier that rollouts replace.", routable=False, versions=[version])
 
 
 @pytest.fixture(scope="session")
 def test_config(storage_uri, openai_server, tiny_gpt2, tiny_classifiers):
     """configs/test.yaml on a temporary storage URI, plus two LLM agents whose models are test
     doubles (``writer`` on the loopback OpenAI server, ``local-writer`` on the tiny GPT-2) and
-    ``tiny``, a registry classifier (a test double) for rollouts."""
+    ``reviews``, a registry classifier (a test double) for rollouts."""
     from serve.builder import load
 
     config = load(TEST_CONFIG)
@@ -108,7 +108,7 @@ def test_config(storage_uri, openai_server, tiny_gpt2, tiny_classifiers):
         "local-writer", "A small local language model that writes text.",
         {"provider": "local", "model": str(tiny_gpt2), "device": "cpu", "torch_threads": 1, "max_tokens": 12, "temperature": 0},
     )
-    return config.model_copy(update={"storage": storage_uri, "agents": [*config.agents, writer, local, tiny_agent(tiny_classifiers)]})
+    return config.model_copy(update={"storage": storage_uri, "agents": [*config.agents, writer, local, reviews_agent(tiny_classifiers)]})
 
 
 @pytest.fixture(scope="session")

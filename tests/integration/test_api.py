@@ -32,7 +32,7 @@ def test_agents_lists_kinds_versions_and_weights(client):
     agents = {a["name"]: a for a in client.get("/v1/agents").json()["agents"]}
     assert set(agents) == {
         "language", "sentiment", "entities", "tight", "pii", "keyphrases", "summarize", "embed", "analyst", "writer", "local-writer",
-        "ocr", "documents", "docstore", "faces",
+        "ocr", "documents", "docstore", "faces", "reviews",
     }
     assert (agents["analyst"]["kind"], agents["analyst"]["team"]) == ("supervisor", ["language", "sentiment", "entities"])
     assert agents["language"]["kind"] == "language"

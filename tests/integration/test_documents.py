@@ -13,7 +13,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from actors.documents.evaluate import normalise
 from tests.integration.test_api import assert_error

@@ -1,7 +1,7 @@
 """Guarded rollouts on the shared Serve app: a candidate deployed as a Serve application of its
 own, promoted through the steps while the monitor and the rollout controller are killed, and a
-broken candidate rolled back by its guard. The ``tiny`` agent's models are test doubles
-(tests/integration/tiny_classifier.py): real tiny BERTs, one deliberately broken."""
+broken candidate rolled back by its guard. The ``reviews`` agent's models are test doubles
+(tests/unit/classifier_doubles.py): real tiny BERTs, one deliberately broken."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ TEXTS = ["a wonderful film", "boring and far too long", "great acting", "awful d
 
 
 class Traffic:
-    """Steady invocations of the tiny agent from a thread, as callers would make them."""
+    """Steady invocations of the reviews agent from a thread, as callers would make them."""
 
     def __init__(self, client):
         self.client, self.statuses, self._stop = client, [], threading.Event()
@@ -27,7 +27,7 @@ class Traffic:
     def _run(self) -> None:
         index = 0
         while not self._stop.is_set():
-            response = self.client.post("/v1/agents/tiny/invoke", json={"text": TEXTS[index % len(TEXTS)]})
+            response = self.client.post("/v1/agents/reviews/invoke", json={"text": TEXTS[index % len(TEXTS)]})
             self.statuses.append(response.status_code)
             index += 1
             time.sleep(0.02)
@@ -57,7 +57,7 @@ def kill(name: str) -> None:
 
 
 def test_a_good_candidate_is_promoted_although_the_monitor_and_the_controller_die_midway(client):
-    body = {"agent": "tiny", "candidate": "registry://tiny:v2", "steps": [50, 100], "bake_s": 6, "min_requests": 20,
+    body = {"agent": "reviews", "candidate": "registry://tiny:v2", "steps": [50, 100], "bake_s": 6, "min_requests": 20,
             "guards": ["error_rate<0.05", "p95_ms<5x"], "deadline_s": 180}
     with Traffic(client) as traffic:
         started = client.post("/v1/admin/rollouts", json=body)
@@ -75,7 +75,7 @@ def test_a_good_candidate_is_promoted_although_the_monitor_and_the_controller_di
     passes = [c for c in final["checks"] if c["verdict"] == "pass"]
     assert passes and all(c["verdict"] != "fail" for c in final["checks"])
     assert client.get("/v1/admin/models/tiny").json()["aliases"]["champion"] == "v2"
-    weights = {v["version"]: v["weight"] for v in next(a for a in client.get("/v1/agents").json()["agents"] if a["name"] == "tiny")["versions"]}
+    weights = {v["version"]: v["weight"] for v in next(a for a in client.get("/v1/agents").json()["agents"] if a["name"] == "reviews")["versions"]}
     assert weights[final["candidate_version"]] == 100 and weights["v1"] == 0
     assert set(traffic.statuses) == {200}, sorted(set(traffic.statuses))
     actions = [r["endpoint"] for r in client.get("/v1/admin/audit", params={"limit": 1000}).json()["records"] if r["endpoint"].startswith("rollout.")]
@@ -83,9 +83,9 @@ def test_a_good_candidate_is_promoted_although_the_monitor_and_the_controller_di
 
 
 def test_a_broken_candidate_is_rolled_back_by_its_guard(client):
-    current = next(a for a in client.get("/v1/agents").json()["agents"] if a["name"] == "tiny")
+    current = next(a for a in client.get("/v1/agents").json()["agents"] if a["name"] == "reviews")
     serving = max(current["versions"], key=lambda v: v["weight"])["version"]
-    body = {"agent": "tiny", "candidate": "registry://tiny:v3", "steps": [25, 100], "bake_s": 6, "min_requests": 20,
+    body = {"agent": "reviews", "candidate": "registry://tiny:v3", "steps": [25, 100], "bake_s": 6, "min_requests": 20,
             "guards": ["error_rate<0.05", "labels>0.001"], "deadline_s": 180}
     with Traffic(client):
         started = client.post("/v1/admin/rollouts", json=body)
@@ -93,8 +93,17 @@ def test_a_broken_candidate_is_rolled_back_by_its_guard(client):
         final = wait_for_state(client, started.json()["id"], {"succeeded", "failed", "aborted"})
     assert final["state"] == "failed" and final["failed_check"]["metric"] == "labels", final
     assert final["failed_check"]["verdict"] == "fail" and final["failed_check"]["observed"] < 0.001
-    weights = {v["version"]: v["weight"] for v in next(a for a in client.get("/v1/agents").json()["agents"] if a["name"] == "tiny")["versions"]}
-    assert weights.get(final["candidate_version"], 0) == 0 and weights[serving] == 100
+
+    def rolled_back() -> bool:
+        # Each ingress replica adopts the shared table within a second of the rollback.
+        agent = next(a for a in client.get("/v1/agents").json()["agents"] if a["name"] == "reviews")
+        weights = {v["version"]: v["weight"] for v in agent["versions"]}
+        return weights.get(final["candidate_version"], 0) == 0 and weights[serving] == 100
+
+    deadline = time.monotonic() + 10
+    while not rolled_back() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert rolled_back()
     assert client.get("/v1/admin/models/tiny").json()["aliases"]["champion"] == "v2"
     listed = client.get("/v1/admin/rollouts").json()["rollouts"]
     assert {r["id"] for r in listed} >= {final["id"]}

@@ -24,8 +24,8 @@ def tiny_recipe(storage_uri: str, **overrides) -> dict:
         "storage": storage_uri,
         "data": {"train": str(TINY_DATA), "validation_fraction": 0.25, "seed": 0},
         "training": {"epochs": 2, "learning_rate": 1.0e-4, "batch_size": 8, "max_length": 16, "seed": 0},
-        # Serve replicas hold part of the 2 CPUs, so each worker asks for half a CPU.
-        "scaling": {"num_workers": 2, "resources_per_worker": {"CPU": 0.5}},
+        # Serve replicas (and the rollout tests' candidates) hold part of the 2 CPUs: each worker asks for 0.4.
+        "scaling": {"num_workers": 2, "resources_per_worker": {"CPU": 0.4}},
         "search": {"num_samples": 2, "space": {"learning_rate": {"loguniform": [5.0e-5, 2.0e-4]}}},
     }
     recipe.update(overrides)

@@ -232,7 +232,7 @@ class ScriptedLead:
 
     async def call(self, invocation):
         self.prompts.append(invocation.messages)
-        return Result(output={"text": self.replies.pop(0)}, usage={"input_tokens": 10, "output_tokens": 5})
+        return Result(output={"text": self.replies.pop(0)}, usage={"input_tokens": 10, "output_tokens": 5, "cpu_s": 0.25})
 
     async def stream(self, invocation):
         yield await self.call(invocation)
@@ -246,7 +246,8 @@ def test_llm_lead_calls_team_agents_as_tools_within_the_cap():
     assert result.output["answer"] == "German; Olaf Scholz."
     assert result.output["entities"]["text"] == "Olaf Scholz"
     assert [entry["step"] for entry in result.trace] == ["lead", "entities", "lead", "language", "lead"]
-    assert result.usage == {"input_tokens": 30, "output_tokens": 15}
+    # Tokens and CPU-seconds add up over the lead's three turns (what the cost report prices).
+    assert result.usage == {"input_tokens": 30, "output_tokens": 15, "cpu_s": 0.75}
     # The lead saw the first tool's result before planning the second call.
     assert "Result of entities" in lead.prompts[1][-1]["content"]
 

@@ -58,7 +58,7 @@ def audited(http, request_id: str) -> dict:
     return wait_for(lambda: {r["request_id"]: r for r in http.get("/v1/admin/audit", params={"limit": 1000}).json()["records"]}.get(request_id))
 
 
-def test_shadow_copies_are_compared_and_shown_in_stats_and_the_change_is_audited(http, agents):
+def test_shadow_copies_are_compared_and_shown_in_stats_and_the_change_is_audited(http, agents):  # noqa: F811
     answer = http.put("/v1/admin/agents/banking/shadow", json={"version": "v2", "percent": 100}, headers={"X-Request-ID": "shadow-on"})
     assert answer.status_code == 200 and answer.json() == {"agent": "banking", "shadow": {"version": "v2", "percent": 100}}
     http.put("/v1/admin/agents/banking/traffic", json={"weights": {"v1": 100, "v2": 0}})

@@ -12,7 +12,6 @@ import torch
 
 import train.optimize as optimize
 
-from actors.embedding import default_embedding_model_path
 from cluster.errors import ConfigError, NotFound
 from cluster.registry import ModelRegistry
 from cluster.storage import Storage
@@ -34,9 +33,7 @@ from train.optimize import (
 )
 from train.recipe import Recipe
 
-LABELS = ["NEGATIVE", "POSITIVE"]
-POSITIVE = ["a wonderful film", "great acting and story", "i loved every minute", "superb and moving", "a joy to watch"]
-NEGATIVE = ["a dreadful film", "boring and far too long", "i hated the ending", "awful dialogue", "a waste of time"]
+from tests.unit.classifier_doubles import LABELS, NEGATIVE, POSITIVE, build_tiny_classifier
 
 
 def quiet(_: str) -> None:
@@ -55,26 +52,7 @@ def one_thread():
 def float_model_dir(tmp_path_factory) -> Path:
     """A 4-layer BERT classifier with the MiniLM tokenizer, trained a few steps so that its
     predictions are decisive (a random one's logits tie, and int8 noise flips them)."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(default_embedding_model_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)},
-    )
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(config)
-    inputs = tokenizer(POSITIVE + NEGATIVE, padding=True, return_tensors="pt")
-    labels = torch.tensor([1] * len(POSITIVE) + [0] * len(NEGATIVE))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(30):
-        model(**inputs, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    directory = tmp_path_factory.mktemp("float")
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return build_tiny_classifier(tmp_path_factory.mktemp("float"))
 
 
 @pytest.fixture

@@ -50,6 +50,6 @@ def register_tiny_classifiers(storage_uri: str, workdir: Path) -> None:
     for directory, accuracy in ((good, 1.0), (good, 1.0), (broken, 0.5)):
         registry.register(
             "tiny", directory, task="sequence-classification", base_model="random", labels=LABELS, metrics={"accuracy": accuracy},
-            dataset={"uri": "tests/integration/tiny_classifier.py", "sha256": "0" * 64, "rows": 10}, recipe={"evaluation": {"metric": "accuracy"}},
+            dataset={"uri": "tests/unit/classifier_doubles.py", "sha256": "0" * 64, "rows": 10}, recipe={"evaluation": {"metric": "accuracy"}},
         )
     registry.set_alias("tiny", "v1", "champion")
