@@ -52,9 +52,10 @@ def _canonical(output: Any) -> str:
 
 
 class ShadowCopies:
-    """The dispatcher's shadow hook. A copy starts only if the agent has a shadow version
+    """The dispatcher's shadow hook. A copy is made only if the agent has a shadow version
     other than the one picked, the request falls in its share and fewer than
-    ``max_in_flight`` copies run; the caller never waits for it or sees its errors.
+    ``max_in_flight`` copies run; it is sent after the primary answers, and the caller never
+    waits for it or sees its errors.
     """
 
     def __init__(
@@ -92,8 +93,10 @@ class ShadowCopies:
 
     async def _copy(self, agent: str, version: str, target: Target, invocation: Invocation, primary: asyncio.Future) -> None:
         try:
-            shadow = await self._call(agent, version, target, invocation)
+            # The copy starts once the primary has answered: the two never compete for the
+            # machine within one request, and the comparison needs the primary's answer anyway.
             first: Called = await asyncio.wait_for(primary, timeout=self.timeout_s)
+            shadow = await self._call(agent, version, target, invocation)
             self.report(self.outcome(first, shadow))
         except Exception:  # a copy must never disturb the replica; it is only a measurement
             logger.exception("shadow copy to %s %s failed", agent, version)

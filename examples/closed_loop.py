@@ -131,24 +131,23 @@ def bootstrap(baton: Baton) -> None:
 
 
 def follow_rollout(baton: Baton, rollout_id: str, timeout_s: float = 1200) -> dict:
+    """Print each state change and each decided check as it happens, in time order."""
     shown: set[tuple] = set()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         rollout = baton.get(f"/v1/admin/rollouts/{rollout_id}")
-        for transition in rollout["history"]:
-            key = ("t", transition["at"])
-            if key not in shown:
-                shown.add(key)
-                step = "" if transition["step"] is None else f" step {transition['step']} ({rollout['plan']['steps'][transition['step']]}%)"
-                console.print(f"  [bold]{transition['state']}[/]{step}" + (f" — {transition['reason']}" if transition.get("reason") else ""))
-        for check in rollout["checks"]:
-            key = ("c", check["at"], check["metric"])
-            if key not in shown and check["verdict"] != "inconclusive":
-                shown.add(key)
-                console.print(
-                    f"    check {check['metric']}{check['op']}{check['threshold']:.4g}: observed {check['observed']}, "
-                    f"baseline {check['baseline']} → [bold]{check['verdict']}[/]"
-                )
+        events = [("t", t["at"], t) for t in rollout["history"]] + [("c", c["at"], c) for c in rollout["checks"] if c["verdict"] != "inconclusive"]
+        for kind, at, event in sorted(events, key=lambda e: e[1]):
+            key = (kind, at, event.get("metric"))
+            if key in shown:
+                continue
+            shown.add(key)
+            if kind == "t":
+                step = "" if event["step"] is None else f" step {event['step']} ({rollout['plan']['steps'][event['step']]}%)"
+                console.print(f"  [bold]{event['state']}[/]{step}" + (f" — {event['reason']}" if event.get("reason") else ""))
+            else:
+                baseline = "" if event["baseline"] is None else f", baseline {event['baseline']:.4g}"
+                console.print(f"    check {event['metric']} {event['op']} {event['threshold']:.4g}: observed {event['observed']:.4g}{baseline} → [bold]{event['verdict']}[/]")
         if rollout["state"] in ("succeeded", "failed", "aborted"):
             return rollout
         time.sleep(2)
@@ -243,12 +242,12 @@ def broken_candidate(baton: Baton) -> bool:
 def audit_trail(baton: Baton, since: float) -> None:
     console.rule("the audit log: every lifecycle step")
     since_iso = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(since))
-    records = baton.get("/v1/admin/audit", since=since_iso, limit=100_000)["records"]
+    records = baton.get("/v1/admin/audit", since=since_iso, limit=1000)["records"]
     for record in records:
         if record["endpoint"].startswith(LIFECYCLE):
             output = json.loads(record["output"] or "null") or {}
-            after = output.get("after") if isinstance(output, dict) else output
-            console.print(f"  {record['ts'][:19]} {record['principal']:<22} {record['endpoint']:<20} {record['version'] or '':<6} {json.dumps(after)[:110]}")
+            shown = {k: v for k, v in output.items() if v is not None and k not in ("plan", "checks")} if isinstance(output, dict) else output
+            console.print(f"  {record['ts'][11:19]} {record['principal']:<20} {record['endpoint']:<16} {record['version'] or '':<5} {json.dumps(shown)[:150]}")
 
 
 def main() -> int:

@@ -376,9 +376,14 @@ class RolloutActor(Identified):
         asyncio.run_coroutine_threadsafe(self._tick_forever(settings.rollouts.tick_s), self._loop)
 
     def _audit(self, action: str, output: dict, agent: str | None, version: str | None) -> None:
+        """A controller's step as an operator record: its before/after where it changes something."""
         from actors.audit import operator_record
 
-        self._audit_actor.write.remote([operator_record(ROLLOUT_PRINCIPAL, action, after=output, agent=agent, version=version)])
+        extra = {key: value for key, value in output.items() if key not in ("before", "after")}
+        record = operator_record(
+            ROLLOUT_PRINCIPAL, action, before=output.get("before"), after=output.get("after"), agent=agent, version=version, extra=extra
+        )
+        self._audit_actor.write.remote([record])
 
     async def _tick_forever(self, tick_s: float) -> None:
         while True:
