@@ -54,8 +54,7 @@ def _canonical(output: Any) -> str:
 class ShadowCopies:
     """The dispatcher's shadow hook. A copy is made only if the agent has a shadow version
     other than the one picked, the request falls in its share and fewer than
-    ``max_in_flight`` copies run; it is sent after the primary answers, and the caller never
-    waits for it or sees its errors.
+    ``max_in_flight`` copies run; the caller never waits for it or sees its errors.
     """
 
     def __init__(
@@ -93,10 +92,10 @@ class ShadowCopies:
 
     async def _copy(self, agent: str, version: str, target: Target, invocation: Invocation, primary: asyncio.Future) -> None:
         try:
-            # The copy starts once the primary has answered: the two never compete for the
-            # machine within one request, and the comparison needs the primary's answer anyway.
-            first: Called = await asyncio.wait_for(primary, timeout=self.timeout_s)
+            # Sent at once rather than after the primary answers: measured on 2 cores, a copy
+            # that overlaps its own primary slows it less than one that overlaps the next request.
             shadow = await self._call(agent, version, target, invocation)
+            first: Called = await asyncio.wait_for(primary, timeout=self.timeout_s)
             self.report(self.outcome(first, shadow))
         except Exception:  # a copy must never disturb the replica; it is only a measurement
             logger.exception("shadow copy to %s %s failed", agent, version)
