@@ -44,7 +44,7 @@ AGENT, MODEL = "sentiment", "sst2-sentiment"
 QUICK_RECIPE = "configs/train/sst2_sentiment_quick.yaml"
 SST2 = REPO.parent / "shared/datasets/sst2/train.tsv"
 CLINC = REPO.parent / "shared/datasets/clinc150/val.jsonl"
-LIFECYCLE = ("drift.alert", "retrain.", "rollout.", "admin.models.", "review.answer")
+LIFECYCLE = ("drift.alert", "retrain.", "rollout.", "admin.models.", "admin.deploy", "review.answer")
 console = Console()
 
 
@@ -239,10 +239,13 @@ def broken_candidate(baton: Baton) -> bool:
     return rollout["state"] == "failed"
 
 
-def audit_trail(baton: Baton, since: float) -> None:
+def audit_trail(since: float) -> None:
+    """The lifecycle's records, read from the audit log on the storage URI (the HTTP query returns
+    only the newest 1,000 records, and this run's requests alone are more)."""
+    from actors.audit import read_audit
+
     console.rule("the audit log: every lifecycle step")
-    since_iso = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(since))
-    records = baton.get("/v1/admin/audit", since=since_iso, limit=1000)["records"]
+    records = read_audit(Storage(str(REPO / ".baton")), since=since, limit=1_000_000)
     for record in records:
         if record["endpoint"].startswith(LIFECYCLE):
             output = json.loads(record["output"] or "null") or {}
@@ -263,7 +266,7 @@ def main() -> int:
         bootstrap(baton)
     ok = broken_candidate(baton) if args.broken else closed_loop(baton)
     time.sleep(3)  # the audit buffer flushes every second
-    audit_trail(baton, started)
+    audit_trail(started)
     console.print("[green]done" if ok else "[red]the loop did not complete as expected")
     return 0 if ok else 1
 
