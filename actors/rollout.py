@@ -360,8 +360,7 @@ class RolloutController:
 
     async def _stepping(self, rollout: Rollout) -> None:
         plan, now = rollout.plan, self.clock()
-        if now < rollout.measure_since + plan.bake_s:
-            return
+        baking = now < rollout.measure_since + plan.bake_s
         weights = step_weights(rollout.start_weights, rollout.candidate_version, rollout.weight)
         baseline_serves = weights.get(rollout.baseline_version, 0) > 0
         guards = [g for g in plan.guards if g.metric != "agreement" or rollout.weight < 100]
@@ -371,9 +370,24 @@ class RolloutController:
             live = [candidate, baseline]
         else:
             baseline, live = rollout.reference, [candidate]
+        labels = await self._label_evidence(rollout, now) if baseline_serves and any(g.metric == "labels" for g in guards) else None
+
+        def check(guard) -> Check:
+            if guard.metric == "labels" and labels is not None:
+                return evaluate(guard, *labels, plan.min_requests)
+            return evaluate(guard, candidate, baseline, plan.min_requests)
+
+        if baking:
+            # During the bake only a failure counts: a candidate whose guard already fails on
+            # min_requests is rolled back at once; passing waits for the whole bake.
+            if all(w.get("complete", False) for w in live):
+                failed = [c for c in map(check, guards) if c.verdict == "fail"]
+                if failed:
+                    await self._judge(rollout, failed, now)
+            return
         if await self._lost_data(rollout, [g.metric for g in guards], *live, now=now):
             return
-        checks = [evaluate(g, candidate, baseline, plan.min_requests) for g in guards]
+        checks = [check(g) for g in guards]
         if not await self._judge(rollout, checks, now):
             return
         if baseline_serves:
@@ -382,6 +396,16 @@ class RolloutController:
             await self._enter_step(rollout, rollout.step + 1)
         else:
             await self._promote(rollout)
+
+    async def _label_evidence(self, rollout: Rollout, now: float) -> tuple[dict, dict] | None:
+        """Candidate and baseline windows since the first step: a version's label mix does not
+        depend on its weight, so the labels test keeps the evidence of earlier steps. None when
+        there is none yet, or the monitor lost part of it (the step's own windows decide then)."""
+        first = next((t.at for t in rollout.history if t.state == "stepping"), rollout.measure_since)
+        if first >= rollout.measure_since:
+            return None
+        windows = [await self.monitor.window(rollout.agent, v, first, now) for v in (rollout.candidate_version, rollout.baseline_version)]
+        return (windows[0], windows[1]) if all(w.get("complete", False) for w in windows) else None
 
     async def _lost_data(self, rollout: Rollout, metrics: list[str], *windows: dict, now: float) -> bool:
         """An incomplete window restarts the measurement where the monitor's data is whole again;

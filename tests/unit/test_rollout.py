@@ -220,6 +220,24 @@ def test_a_failed_guard_rolls_back_at_once_with_the_guard_observed_and_threshold
     assert fail["failed_check"]["metric"] == "error_rate"
 
 
+def test_a_guard_that_fails_mid_bake_rolls_back_before_the_bake_ends_but_passing_waits(world):
+    async def main():
+        controller = world.controller()
+        started = await controller.start(AGENT, "registry://intent-model:v3", plan(), "alice")
+        await controller.tick()
+        await bake(controller, world, 10)  # good so far: nothing is decided before the bake ends
+        good = controller.get(started["id"])
+        world.monitor.summaries["v3"] = dict(GOOD, errors=40)
+        await bake(controller, world, 10)
+        return good, controller.get(started["id"])
+
+    good, record = asyncio.run(main())
+    assert good["state"] == "stepping" and good["step"] == 0 and good["checks"] == []
+    assert record["state"] == "failed" and record["failed_check"]["metric"] == "error_rate"
+    assert world.clock.now - record["history"][1]["at"] == 20  # 20 s into a 60 s bake
+    assert world.traffic.table[AGENT] == {"v1": 100}
+
+
 def test_thin_data_waits_then_fails_past_the_deadline(world):
     async def main():
         controller = world.controller()
