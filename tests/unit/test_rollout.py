@@ -89,11 +89,13 @@ class FakeWindow:
 
     def __init__(self):
         self.summaries = {"v1": dict(GOOD, requests=5000, labels={"a": 2500, "b": 2500})}
+        # (version, since) -> summary: what a window from that moment holds, when a test says so.
+        self.since: dict[tuple[str, float], dict] = {}
         self.calls: list[tuple[str, float, float]] = []
 
     async def window(self, agent, version, since, until=None):
         self.calls.append((version, since, until))
-        summary = self.summaries.get(version, GOOD)
+        summary = self.since.get((version, since), self.summaries.get(version, GOOD))
         error_rate = summary["errors"] / summary["requests"] if summary["requests"] else 0.0
         return {"agent": agent, "version": version, "since": since, "until": until, "complete": True, "error_rate": error_rate, **summary}
 
@@ -236,6 +238,26 @@ def test_a_guard_that_fails_mid_bake_rolls_back_before_the_bake_ends_but_passing
     assert record["state"] == "failed" and record["failed_check"]["metric"] == "error_rate"
     assert world.clock.now - record["history"][1]["at"] == 20  # 20 s into a 60 s bake
     assert world.traffic.table[AGENT] == {"v1": 100}
+
+
+def test_the_labels_test_keeps_the_evidence_of_earlier_steps(world):
+    async def main():
+        controller = world.controller()
+        started = await controller.start(AGENT, "registry://intent-model:v3", plan(guards=["labels>0.01"]), "alice")
+        await controller.tick()
+        first_step = world.clock.now
+        await bake(controller, world)  # step 0: the same label mix as the baseline passes
+        assert controller.get(started["id"])["step"] == 1
+        # On its own, step 1's window is a mild difference (p about 0.05); since step 0 it is not.
+        world.monitor.summaries["v3"] = dict(GOOD, requests=200, labels={"a": 120, "b": 80})
+        world.monitor.since[("v3", first_step)] = dict(GOOD, requests=1200, labels={"a": 800, "b": 400})
+        world.monitor.since[("v1", first_step)] = dict(GOOD, requests=10_000, labels={"a": 5000, "b": 5000})
+        await bake(controller, world)
+        return controller.get(started["id"])
+
+    record = asyncio.run(main())
+    assert record["state"] == "failed" and record["failed_check"]["metric"] == "labels"
+    assert record["failed_check"]["observed"] < 1e-4
 
 
 def test_thin_data_waits_then_fails_past_the_deadline(world):
