@@ -394,28 +394,34 @@ class RolloutActor(Identified):
                     logger.exception("%s tick failed", type(part).__name__)
             await asyncio.sleep(tick_s)
 
-    def _run(self, coroutine) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+    def _on_loop(self, function, *args: Any) -> Any:
+        """Call ``function`` on the controller's loop, where every change happens, and wait:
+        reads and writes from ingress replicas never interleave with a tick."""
+        async def call() -> Any:
+            result = function(*args)
+            return await result if inspect.isawaitable(result) else result
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result()
 
     def start(self, agent: str, candidate: str, plan: dict, principal: str) -> dict:
         from cluster.config import RolloutPlan
 
-        return self._run(self.controller.start(agent, candidate, RolloutPlan.model_validate(plan), principal))
+        return self._on_loop(self.controller.start, agent, candidate, RolloutPlan.model_validate(plan), principal)
 
     def get(self, rollout_id: str) -> dict:
-        return self._run(_awaitable(self.controller.get(rollout_id)))
+        return self._on_loop(self.controller.get, rollout_id)
 
     def list(self) -> list[dict]:
-        return self._run(_awaitable(self.controller.list()))
+        return self._on_loop(self.controller.list)
 
     def pause(self, rollout_id: str, principal: str) -> dict:
-        return self._run(self.controller.pause(rollout_id, principal))
+        return self._on_loop(self.controller.pause, rollout_id, principal)
 
     def resume(self, rollout_id: str, principal: str) -> dict:
-        return self._run(self.controller.resume(rollout_id, principal))
+        return self._on_loop(self.controller.resume, rollout_id, principal)
 
     def abort(self, rollout_id: str, principal: str) -> dict:
-        return self._run(self.controller.abort(rollout_id, principal))
+        return self._on_loop(self.controller.abort, rollout_id, principal)
 
     def on_drift(self, alerts: list[dict]) -> None:
         """Drift alerts from the monitor: agents whose policy retrains on drift will."""
@@ -423,11 +429,11 @@ class RolloutActor(Identified):
 
     def retrain(self, agent: str, principal: str) -> dict:
         """Retrain now (an operator's trigger); the next tick submits the job."""
-        self._run(_awaitable(self.retraining.trigger(agent, f"manual:{principal}")))
+        self._on_loop(self.retraining.trigger, agent, f"manual:{principal}")
         return {"agent": agent, "triggered": True}
 
     def retraining_view(self) -> dict:
-        return self._run(_awaitable(self.retraining.view()))
+        return self._on_loop(self.retraining.view)
 
 
 def retrain_runner(settings: OrchestraConfig, storage_uri: str, controller: Any, audit: Any):
@@ -440,27 +446,20 @@ def retrain_runner(settings: OrchestraConfig, storage_uri: str, controller: Any,
     models = {a.name: _served_model(a) for a in settings.agents if a.retrain is not None and _served_model(a)}
     policies = {name: settings.agent(name).retrain for name in models}
     storage = Storage(storage_uri)
+
+    async def get_rollout(rollout_id: str) -> dict:  # the runner ticks on the controller's loop
+        return controller.get(rollout_id)
+
     reviews = ReviewQueue(storage, {a.name: a.review for a in settings.agents if a.review is not None})
     return RetrainRunner(
         storage, policies, models, RayJobs(), ModelRegistry(storage), reviews.labelled_rows,
-        controller.start, _as_coroutine(controller.get), audit,
+        controller.start, get_rollout, audit,
     )
 
 
 def _served_model(agent) -> str | None:
     model = max(agent.versions, key=lambda v: v.weight).model
     return model if model and model.startswith("registry://") else None
-
-
-def _as_coroutine(function):
-    async def call(*args: Any) -> Any:
-        return await _awaitable(function(*args))
-
-    return call
-
-
-async def _awaitable(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 def review_policies(config: OrchestraConfig) -> dict[str, dict]:

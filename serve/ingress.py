@@ -26,6 +26,7 @@ from actors.composition import LlmLead, Pipeline, Supervisor
 from actors.dispatcher import Called, Dispatcher, Target
 from actors.feedback import FeedbackStore, ReviewQueue, find_request
 from actors.shadow import ShadowCopies
+from actors.specialists.registry import SPECIALISTS
 from actors.documents.store import DocumentStore
 from actors.invocation import Chunk, Document, Invocation
 from actors.ratelimit import RateLimiter
@@ -46,7 +47,6 @@ from serve.schemas import ChatBody, DocumentFields, InvokeBody, KeyBody, RouteBo
 from serve.uploads import body_limit
 from serve.lifecycle import lifecycle_metrics
 from serve.targets import ServeTarget, serve_targets
-from actors.specialists.registry import SPECIALISTS
 
 logger = logging.getLogger(__name__)
 # A schema-by-example query may be larger than an agent's options; this much more is allowed.
@@ -215,7 +215,10 @@ class Gateway:
                     targets[version] = self._connect(agent, version, location)
                     self.version_models[agent, version] = location.get("model")
         for agent, targets in self.dispatcher.targets.items():
-            for version in [v for v in targets if v not in self._configured.get(agent, {v}) and v not in added.get(agent, {})]:
+            configured = self._configured.get(agent)
+            if configured is None:  # a pipeline: its one version is this process's
+                continue
+            for version in [v for v in targets if v not in configured and v not in added.get(agent, {})]:
                 del targets[version]
 
     def check_health(self) -> None:
