@@ -59,7 +59,6 @@ class RetrainRunner:
     ):
         self.storage, self.policies, self.models, self.jobs, self.registry = storage, policies, models, jobs, registry
         self.labels, self.start_rollout, self.get_rollout, self.audit, self.clock = labels, start_rollout, get_rollout, audit, clock
-        self._triggers: dict[str, dict] = {}
 
     # -- triggers ---------------------------------------------------------------------------
 
@@ -67,19 +66,27 @@ class RetrainRunner:
         for alert in alerts:
             policy = self.policies.get(alert.get("agent"))
             if policy is not None and policy.on_drift:
-                self._triggers.setdefault(alert["agent"], {"reason": "drift", "alert": alert})
+                self._request(alert["agent"], {"reason": "drift", "alert": alert}, replace=False)
 
     def trigger(self, agent: str, reason: str = "manual") -> None:
         if agent not in self.policies:
             raise Conflict(f"agent {agent!r} has no retrain policy (or serves no registry model to retrain)")
-        self._triggers[agent] = {"reason": reason}
+        self._request(agent, {"reason": reason}, replace=True)
+
+    def _request(self, agent: str, trigger: dict, replace: bool) -> None:
+        """A run asked for is recorded on storage before anyone is told so: it survives a restart
+        and starts once the agent is idle and out of its cooldown."""
+        state = self.state(agent)
+        if replace or "pending" not in state:
+            state["pending"] = trigger
+            self._save(agent, state)
 
     def _due(self, agent: str, policy: RetrainPolicy, state: dict) -> dict | None:
         now = self.clock()
         if now - state.get("last_run_at", float("-inf")) < policy.cooldown_s:
             return None
-        if agent in self._triggers:
-            return self._triggers.pop(agent)
+        if state.get("pending"):
+            return state.pop("pending")
         if policy.every_s is not None and now - state.get("last_run_at", state["since"]) >= policy.every_s:
             return {"reason": "schedule"}
         if policy.min_new_labels is not None:

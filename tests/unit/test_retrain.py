@@ -129,9 +129,11 @@ def test_a_failed_job_is_audited_and_the_cooldown_holds_the_next_run(setup):
     clock.now += 300
     asyncio.run(runner.tick())
     assert len(jobs.submitted) == 1  # still cooling down
+    # The request waits on storage: a runner built anew (the actor restarted) still starts it.
+    restarted = setup["runner"](cooldown_s=600)
     clock.now += 301
-    asyncio.run(runner.tick())
-    assert len(jobs.submitted) == 2
+    asyncio.run(restarted.tick())
+    assert len(jobs.submitted) == 2 and restarted.state("sentiment")["trigger"]["reason"] == "drift"
 
 
 def test_schedule_and_new_labels_trigger_and_state_survives_a_new_runner(setup):
