@@ -60,7 +60,7 @@ class Estimate:
     unit: str  # what the samples are, for reasons: "requests", "feedback", ...
 
 
-def check_guards(guards: list[GuardSettings], shadowed: bool) -> None:
+def check_guards(guards: list[GuardSettings], copies: bool) -> None:
     """Refuse guards that could never pass (422): raise ValidationFailed naming the guard."""
     for index, guard in enumerate(guards):
         where = f"guards[{index}] ({guard})"
@@ -68,8 +68,8 @@ def check_guards(guards: list[GuardSettings], shadowed: bool) -> None:
             raise ValidationFailed(f"{where}: {guard.metric} compares with the baseline already; give an absolute value")
         if guard.metric == "labels" and guard.op not in (">", ">="):
             raise ValidationFailed(f"{where}: labels is the p-value of a test against the baseline; use > or >=")
-        if guard.metric == "agreement" and not shadowed:
-            raise ValidationFailed(f"{where}: agreement comes from shadow copies; the plan needs a shadow phase")
+        if guard.metric == "agreement" and not copies:
+            raise ValidationFailed(f"{where}: agreement comes from shadow copies; give a shadow phase or compare_percent above 0")
 
 
 def evaluate(guard: GuardSettings, candidate: dict, baseline: dict | None, min_requests: int) -> Check:

@@ -204,7 +204,7 @@ class RolloutController:
             running = [r.id for r in self._rollouts.values() if r.agent == agent and r.active]
             if running:
                 raise Conflict(f"agent {agent!r} already has an active rollout {running[0]}; abort it or wait for it to finish")
-            check_guards(plan.guards, plan.shadow is not None)
+            check_guards(plan.guards, plan.copies)
             name, number = await asyncio.to_thread(self.models.resolve, candidate_ref)
             if self.require_approval and not await asyncio.to_thread(self.models.is_approved, name, number, self.environment):
                 raise Conflict(
@@ -353,8 +353,8 @@ class RolloutController:
             rollout.reference = await self.monitor.window(rollout.agent, rollout.baseline_version, now - plan.bake_s, now)
         rollout.step, rollout.weight = index, percent
         rollout.phase_started_at = rollout.measure_since = now
-        # Shadow copies need a primary other than the candidate; at 100 there is none.
-        shadow = None if plan.shadow is None else (plan.shadow.percent if percent < 100 else 0)
+        # Copies need a primary other than the candidate; at 100 there is none.
+        shadow = (plan.step_shadow_percent if percent < 100 else 0) if plan.copies else None
         effects = Effects(action="rollout.step", weights=_live(weights), shadow_percent=shadow)
         await self._transition(rollout, "stepping", effects=effects)
 
@@ -363,7 +363,8 @@ class RolloutController:
         baking = now < rollout.measure_since + plan.bake_s
         weights = step_weights(rollout.start_weights, rollout.candidate_version, rollout.weight)
         baseline_serves = weights.get(rollout.baseline_version, 0) > 0
-        guards = [g for g in plan.guards if g.metric != "agreement" or rollout.weight < 100]
+        compared = rollout.weight < 100 and plan.step_shadow_percent > 0
+        guards = [g for g in plan.guards if g.metric != "agreement" or compared]
         candidate = await self.monitor.window(rollout.agent, rollout.candidate_version, rollout.measure_since, now)
         if baseline_serves:
             baseline = await self.monitor.window(rollout.agent, rollout.baseline_version, rollout.measure_since, now)
@@ -467,7 +468,7 @@ class RolloutController:
         effects = Effects(
             action="rollout.promote",
             weights={rollout.candidate_version: 100},
-            shadow_percent=None if rollout.plan.shadow is None else 0,
+            shadow_percent=0 if rollout.plan.copies else None,
             champion=True,
             retire=drained,
         )
@@ -480,7 +481,7 @@ class RolloutController:
         effects = Effects(
             action=action,
             weights=_live({**rollout.start_weights, rollout.candidate_version: 0}) if moved else None,
-            shadow_percent=0 if rollout.plan.shadow is not None and rollout.deployed else None,
+            shadow_percent=0 if rollout.plan.copies and rollout.deployed else None,
             retire=[rollout.candidate_version],
         )
         rollout.weight = 0

@@ -6,7 +6,9 @@ The real ``actors.rollout.RolloutController`` drives the real ``actors.traffic.T
 ``actors.monitor.Monitor``, fed with synthetic outcomes: a baseline with 0.2% errors, log-normal
 latency (median 40 ms) and four labels; a candidate that is the same (good) or has 5% errors,
 doubled latency, or 30% of its labels replaced at random (bad). Requests arrive as a Poisson
-stream; the controller ticks every ``--tick`` virtual seconds, as the actor does.
+stream; the controller ticks every ``--tick`` virtual seconds, as the actor does. The guards
+include ``agreement>0.9``, so the steps copy 10% of the baseline's requests to the candidate
+(``compare_percent``'s default); one row leaves it out to show what the labels test alone sees.
 
 Flagger's floor for the same step and interval: it checks every interval and rolls back after
 ``threshold`` failed checks, so a bad canary takes at least ``interval × threshold`` and serves
@@ -35,7 +37,7 @@ from cluster.storage import Storage
 
 AGENT, BASELINE = "intent", "v1"
 LABELS = {"billing": 0.4, "refund": 0.25, "cancel": 0.15, "other": 0.2}
-GUARDS = ["error_rate<0.01", "p95_ms<1.2x", "labels>0.01"]
+GUARDS = ["error_rate<0.01", "p95_ms<1.2x", "labels>0.01", "agreement>0.9"]
 STEPS = [5, 25, 50, 100]
 
 
@@ -60,8 +62,9 @@ class Behaviour:
 class Scenario:
     name: str
     candidate: Behaviour
-    shadowed: bool  # a shadow phase of one bake at 100% and the guard agreement>0.9 besides GUARDS
+    shadowed: bool  # a shadow phase of one bake at 100% before the steps
     good: bool = False
+    agreement: bool = True  # False: GUARDS without agreement, so no copies during the steps
 
 
 SCENARIOS = [
@@ -70,7 +73,9 @@ SCENARIOS = [
     Scenario("50% labels disagree", Behaviour(disagree=0.5), False),
     Scenario("30% labels disagree", Behaviour(disagree=0.3), False),
     Scenario("30% labels disagree, shadowed first", Behaviour(disagree=0.3), True),
+    Scenario("30% labels disagree, without the agreement guard", Behaviour(disagree=0.3), False, agreement=False),
     Scenario("good: same as baseline", Behaviour(), False, good=True),
+    Scenario("good: 3% labels differ", Behaviour(disagree=0.03), False, good=True),
     Scenario("good: 3% labels differ, shadowed first", Behaviour(disagree=0.03), True, good=True),
 ]
 
@@ -226,7 +231,7 @@ def _poisson(rng: random.Random, mean: float) -> int:
 
 def plan_for(scenario: Scenario, bake_s: float, min_requests: int) -> RolloutPlan:
     shadow = {"shadow": {"percent": 100, "duration_s": bake_s}} if scenario.shadowed else {}
-    guards = GUARDS + (["agreement>0.9"] if scenario.shadowed else [])
+    guards = GUARDS if scenario.agreement else [g for g in GUARDS if not g.startswith("agreement")]
     return RolloutPlan.model_validate(
         {"steps": STEPS, "bake_s": bake_s, "min_requests": min_requests, "guards": guards, "deadline_s": 10 * bake_s, **shadow}
     )

@@ -336,6 +336,11 @@ class ShadowPhase(Strict):
     duration_s: float = Field(..., gt=0, description="How long the shadow phase lasts before weights start to shift.")
 
 
+# Enough copies for the agreement guard to reach min_requests within a bake at the first step
+# (5% canary), at a tenth of the extra model work that a 100% shadow costs.
+DEFAULT_COMPARE_PERCENT = 10
+
+
 class RolloutPlan(Strict):
     """How a candidate goes live: optional shadow phase, weight steps, bake time and guards."""
 
@@ -348,6 +353,28 @@ class RolloutPlan(Strict):
         description="Checks after each bake; all must pass to step on, one failure rolls back.",
     )
     deadline_s: float = Field(3600.0, gt=0, description="Longest a step may wait for enough requests before the rollout stops.")
+    compare_percent: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Share of the other versions' requests also copied to the candidate during the steps (below 100%), so that "
+        "'agreement' is measured at every step. Default: the shadow phase's percent; without one, "
+        f"{DEFAULT_COMPARE_PERCENT} when an agreement guard is given, else 0.",
+    )
+
+    @property
+    def step_shadow_percent(self) -> int:
+        """The shadow share for the candidate during the steps (``compare_percent`` resolved)."""
+        if self.compare_percent is not None:
+            return self.compare_percent
+        if self.shadow is not None:
+            return self.shadow.percent
+        return DEFAULT_COMPARE_PERCENT if any(g.metric == "agreement" for g in self.guards) else 0
+
+    @property
+    def copies(self) -> bool:
+        """Whether the candidate ever gets shadow copies in this plan."""
+        return self.shadow is not None or self.step_shadow_percent > 0
 
     @field_validator("steps")
     @classmethod

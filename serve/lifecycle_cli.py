@@ -68,6 +68,10 @@ def rollout_start(
     shadow: Optional[int] = typer.Option(None, "--shadow", help="Shadow the candidate with this percent of requests first."),
     shadow_for: str = typer.Option("10m", "--shadow-for", help="How long the shadow phase lasts."),
     deadline: str = typer.Option("1h", "--deadline", help="Longest a step waits for enough requests before the rollout stops."),
+    compare: Optional[int] = typer.Option(
+        None, "--compare", help="Percent of the other versions' requests copied to the candidate during the steps, for 'agreement' "
+        "(default: the --shadow percent; 10 with an agreement guard; else 0)."
+    ),
     url: Optional[str] = UrlOption, key: Optional[str] = KeyOption, config: Path = ConfigOption, as_json: bool = JsonOption,
 ) -> None:
     """Start a guarded rollout: deploy the candidate as a new version, optionally shadow it, shift
@@ -79,6 +83,7 @@ def rollout_start(
         min_requests=min_requests,
         shadow=ShadowPhase(percent=shadow, duration_s=parse_duration(shadow_for)) if shadow else None,
         deadline_s=parse_duration(deadline),
+        compare_percent=compare,
     )
     body = {"agent": agent, "candidate": candidate, **plan.model_dump(mode="json")}
     _show_rollout(Client(url, key, config).call("POST", "/v1/admin/rollouts", json=body), as_json)

@@ -169,7 +169,7 @@ def test_shadow_view_derives_the_error_rate_from_the_baseline_and_the_delta():
         (["labels>1.5x"], False, "absolute"),
         (["labels<0.05"], False, "use > or >="),
         (["agreement>0.9x"], True, "absolute"),
-        (["agreement>0.9"], False, "shadow phase"),
+        (["agreement>0.9"], False, "compare_percent"),
     ],
 )
 def test_guards_that_could_never_pass_are_refused(texts, shadowed, words):

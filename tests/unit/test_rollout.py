@@ -366,6 +366,45 @@ def test_a_disagreeing_shadow_fails_without_moving_any_weight(world):
     assert world.fleet.retired == ["v3"]
 
 
+def test_agreement_without_a_shadow_phase_copies_a_share_at_each_step_and_fails_mid_bake(world):
+    """An agreement guard alone makes the steps copy 10% of the baseline's requests to the
+    candidate; a candidate that disagrees is rolled back during its first bake."""
+
+    async def main():
+        controller = world.controller()
+        started = await controller.start(AGENT, "registry://intent-model:v3", plan(guards=["error_rate<0.01", "agreement>0.9"]), "alice")
+        await controller.tick()
+        stepping = controller.get(started["id"])
+        copies = world.traffic.shadow.get(AGENT)
+        world.monitor.summaries["v3"] = dict(GOOD, shadow={"requests": 300, "agreement": 0.7, "agreement_n": 300, "error_rate_delta": 0.0})
+        await bake(controller, world, seconds=20)  # a third of the bake: the failure is sure already
+        return stepping, copies, controller.get(started["id"])
+
+    stepping, copies, record = asyncio.run(main())
+    assert (stepping["state"], stepping["weight"], copies) == ("stepping", 10, ("v3", 10))
+    assert record["state"] == "failed" and record["failed_check"]["metric"] == "agreement"
+    assert record["failed_check"]["step"] == 0 and record["failed_check"]["observed"] == 0.7
+    assert world.traffic.table[AGENT] == {"v1": 100} and AGENT not in world.traffic.shadow
+
+
+def test_compare_percent_zero_after_a_shadow_phase_stops_copies_and_the_agreement_check(world):
+    async def main():
+        controller = world.controller()
+        world.monitor.summaries["v3"] = dict(GOOD, shadow={"requests": 500, "agreement": 0.97, "agreement_n": 480, "error_rate_delta": 0.0})
+        shadowed = plan(shadow={"percent": 50, "duration_s": 60}, guards=["agreement>0.9"], compare_percent=0)
+        started = await controller.start(AGENT, "registry://intent-model:v3", shadowed, "alice")
+        await controller.tick()
+        await bake(controller, world)
+        copies_at_first_step = world.traffic.shadow.get(AGENT)
+        for _ in range(3):
+            await bake(controller, world)
+        return copies_at_first_step, controller.get(started["id"])
+
+    copies, record = asyncio.run(main())
+    assert copies is None and record["state"] == "succeeded"
+    assert {c["metric"] for c in record["checks"] if c["step"] is not None} == set()
+
+
 def test_pending_waits_for_ready_and_fails_past_the_deadline(world):
     async def main():
         controller = world.controller()
@@ -463,8 +502,8 @@ def test_bad_starts_are_refused_with_their_status(world):
             await controller.start(AGENT, "registry://intent-model:v9", plan(), "alice")
         with pytest.raises(NotFound):
             await controller.start("ghost", "registry://intent-model:v3", plan(), "alice")
-        with pytest.raises(ValidationFailed, match="shadow phase"):
-            await controller.start(AGENT, "registry://intent-model:v3", plan(guards=["agreement>0.9"]), "alice")
+        with pytest.raises(ValidationFailed, match="compare_percent"):
+            await controller.start(AGENT, "registry://intent-model:v3", plan(guards=["agreement>0.9"], compare_percent=0), "alice")
         with pytest.raises(NotFound):
             controller.get("ro-0000000000000000")
         with pytest.raises(NotFound):
