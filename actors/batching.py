@@ -1,8 +1,8 @@
-"""A small asyncio micro-batcher: concurrent callers' items are gathered for up to a few
-milliseconds (or until the batch is full) and handed to one blocking function in a thread.
+"""An asyncio micro-batcher that batches by the queue, not by the clock: one batch runs at a
+time in a thread, and the requests that arrive meanwhile form the next batch.
 
-The router's embeddings use it in the ingress; unlike ``@serve.batch`` it needs no Serve
-replica around it, so the ingress runs the same way in a unit test.
+Idle, a request runs at once (no wait); under load batches grow with the queue, up to
+``max_batch_size``. The router's embeddings (in the ingress) and batchable agents use it.
 """
 
 from __future__ import annotations
@@ -13,48 +13,67 @@ from typing import Any
 
 
 class MicroBatcher:
-    def __init__(self, run_batch: Callable[[list[Any]], Sequence[Any]], max_batch_size: int = 32, wait_s: float = 0.002):
+    """``wait_s`` > 0 lets the first request of a batch, arriving at an idle model, wait that
+    long for company; 0 (the default) never waits. Ray Serve's ``@serve.batch`` forms each batch
+    before the previous one finishes, so under load it runs batches of one or two behind each other."""
+
+    def __init__(self, run_batch: Callable[[list[Any]], Sequence[Any]], max_batch_size: int = 32, wait_s: float = 0.0):
         if max_batch_size < 1 or wait_s < 0:
             raise ValueError(f"need max_batch_size >= 1 and wait_s >= 0, got {max_batch_size}, {wait_s}")
         self.run_batch, self.max_batch_size, self.wait_s = run_batch, max_batch_size, wait_s
         self._pending: list[tuple[Any, asyncio.Future]] = []
-        self._flusher: asyncio.Task | None = None
+        self._worker: asyncio.Task | None = None
+        self._arrived: asyncio.Event | None = None
         self.batches = 0
         self.items = 0
 
     async def submit(self, item: Any) -> Any:
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._pending.append((item, future))
-        if len(self._pending) >= self.max_batch_size:
-            self._start(0.0)
-        elif self._flusher is None:
-            self._start(self.wait_s)
+        if self._arrived is not None and len(self._pending) >= self.max_batch_size:
+            self._arrived.set()
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
         return await future
 
-    def _start(self, wait_s: float) -> None:
-        batch, self._pending = (self._pending, []) if wait_s == 0.0 else ([], self._pending)
-        if wait_s == 0.0:
-            asyncio.get_running_loop().create_task(self._run(batch))
-            return
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_after(wait_s))
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch (not counting the one running)."""
+        return len(self._pending)
 
-    async def _flush_after(self, wait_s: float) -> None:
-        await asyncio.sleep(wait_s)
-        self._flusher = None
-        batch, self._pending = self._pending, []
-        if batch:
+    async def _drain(self) -> None:
+        """Run batches until nothing is pending; each takes what queued while the last ran."""
+        first = True
+        while self._pending:
+            if first and self.wait_s > 0 and len(self._pending) < self.max_batch_size:
+                await self._gather_company()
+            first = False
+            batch, self._pending = self._pending[: self.max_batch_size], self._pending[self.max_batch_size :]
             await self._run(batch)
 
-    async def _run(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
-        self.batches += 1
-        self.items += len(batch)
+    async def _gather_company(self) -> None:
+        self._arrived = asyncio.Event()
         try:
-            results = await asyncio.to_thread(self.run_batch, [item for item, _ in batch])
+            await asyncio.wait_for(self._arrived.wait(), timeout=self.wait_s)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._arrived = None
+
+    async def _run(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        live = [(item, future) for item, future in batch if not future.done()]  # callers that gave up are skipped
+        if not live:
+            return
+        self.batches += 1
+        self.items += len(live)
+        try:
+            results = await asyncio.to_thread(self.run_batch, [item for item, _ in live])
         except Exception as error:  # every caller of the batch sees the error
-            for _, future in batch:
+            for _, future in live:
                 if not future.done():
                     future.set_exception(error)
             return
-        for (_, future), result in zip(batch, results):
+        for (_, future), result in zip(live, results):
             if not future.done():
                 future.set_result(result)

@@ -46,7 +46,8 @@ class AutoscalingSettings(Strict):
 class BatchingSettings(Strict):
     max_batch_size: int = Field(16, ge=1, le=1024, description="Most requests one model call serves together.")
     batch_wait_timeout_s: float = Field(
-        0.005, ge=0, le=5, description="How long a partial batch waits for more requests before it runs."
+        0.0, ge=0, le=5, description="How long a request reaching an idle model waits for more before its batch runs; "
+        "requests that arrive while a batch runs join the next batch without waiting, so 0 adds no latency when idle."
     )
 
 
@@ -259,7 +260,7 @@ class RouterSettings(Strict):
     )
     llm: LlmRouterSettings | None = Field(None, description="An LLM that routes (all requests, or the unsure ones).")
     batching: BatchingSettings = Field(
-        default_factory=lambda: BatchingSettings(max_batch_size=32, batch_wait_timeout_s=0.002),
+        default_factory=lambda: BatchingSettings(max_batch_size=32, batch_wait_timeout_s=0.0),
         description="Batching of router embeddings inside the ingress.",
     )
 
@@ -429,10 +430,30 @@ class RolloutSettings(Strict):
     history: int = Field(200, ge=1, description="Finished rollouts listed by GET /v1/admin/rollouts.")
 
 
+class AdmissionSettings(Strict):
+    """Load shedding in each ingress replica (actors/admission.py): past capacity a request is
+    refused early with 503 overloaded and Retry-After instead of waiting out its deadline."""
+
+    enabled: bool = Field(True, description="Shed load in the ingress; false lets every request in (it may then wait until it times out).")
+    max_concurrent: int = Field(
+        32, ge=1, description="Agent requests (route, invoke, pipelines, extract, chat) one ingress replica runs at once."
+    )
+    max_queue: int = Field(32, ge=0, description="Requests that may wait for a slot per ingress replica; more are refused at once.")
+    max_queue_wait_s: float = Field(
+        0.5, ge=0, description="Longest a request waits for a slot (never past its deadline); one that would wait longer is refused at once."
+    )
+    max_retry_after_s: float = Field(30.0, ge=1, description="Largest Retry-After a refusal suggests (it is the backlog's drain time, at least 1 s).")
+
+
 class IngressSettings(Strict):
     autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings, description="Ingress replicas.")
     resources: ResourceSettings = Field(default_factory=ResourceSettings, description="Per-replica resources.")
     max_ongoing_requests: int = Field(64, ge=1, description="Requests one ingress replica handles at once.")
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings, description="Load shedding in each ingress replica.")
+    max_queued_requests: int = Field(
+        64, ge=1, description="Requests the Serve proxy holds while every ingress replica is at max_ongoing_requests; more get 503 overloaded at once."
+    )
+    retry_after_s: float = Field(1.0, ge=1, description="Retry-After of the Serve proxy's own 503 overloaded (its queue above is full).")
 
 
 class RateLimitSettings(Strict):

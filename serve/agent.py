@@ -1,5 +1,5 @@
 """One Serve deployment per agent version: loads its specialist once per replica and runs
-invocations, batching unary text calls with ``@serve.batch`` where the model gains from it
+invocations, batching unary text calls (``MicroBatcher``, from the queue) where the model gains from it
 and streaming chunks for agents that stream. Errors leave the replica as ``Failure`` data;
 each Result carries the CPU- and GPU-seconds its call used in the replica (``UsageMeter``).
 """
@@ -19,6 +19,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from actors.batching import MicroBatcher
 from actors.dispatcher import Dispatcher
 from actors.invocation import Failure, Invocation, Result, StreamItem, drain
 from actors.peers import Peers
@@ -194,15 +195,15 @@ class AgentVersion:
         if self.peers is not None:
             self.specialist.connect(self.peers)
         self.specialist.load()
-        self._invoke_batch.set_max_batch_size(batching["max_batch_size"])
-        self._invoke_batch.set_batch_wait_timeout_s(batching["batch_wait_timeout_s"])
+        # Batches form from the queue (see MicroBatcher): none wait when the replica is idle.
+        self._batcher = MicroBatcher(self._predict_metered, batching["max_batch_size"], batching["batch_wait_timeout_s"])
 
     async def invoke(self, invocation: Invocation) -> Result | Failure:
         """The whole answer to one invocation (a streaming agent's stream, drained)."""
         if self.peers is not None:
             self.peers.attach(asyncio.get_running_loop())
         if self.specialist.batchable and invocation.text is not None:
-            return await self._invoke_batch(invocation)
+            return await self._batcher.submit(invocation)
         return await asyncio.to_thread(self._run_to_end, invocation)
 
     async def stream(self, invocation: Invocation) -> AsyncIterator[StreamItem]:
@@ -230,11 +231,6 @@ class AgentVersion:
         with self.meter.measure() as span:
             for item in items:
                 yield charged(item, span.stop()) if isinstance(item, Result) else item
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _invoke_batch(self, invocations: list[Invocation]) -> list[Result | Failure]:
-        # The model runs in a thread so the replica keeps accepting the next batch.
-        return await asyncio.to_thread(self._predict_metered, invocations)
 
     def _predict_metered(self, invocations: list[Invocation]) -> list[Result | Failure]:
         with self.meter.measure() as span:

@@ -186,3 +186,18 @@ def test_measured_seconds_add_to_seconds_a_result_already_declares():
 
     assert answer.usage == {"cpu_s": 1.5, "input_tokens": 7}
     assert declared.usage == {"cpu_s": 1.0, "input_tokens": 7}  # the original is left alone
+
+
+def test_concurrent_invocations_of_a_batchable_agent_share_batches_and_keep_their_answers(monkeypatch):
+    agent = agent_with(CpuBurnerDouble, monkeypatch, burn_s=0.01)
+    sizes = []
+    predict = agent.specialist.predict
+    monkeypatch.setattr(agent.specialist, "predict", lambda texts, options: sizes.append(len(texts)) or predict(texts, options))
+
+    async def main():
+        return await asyncio.gather(*(agent.invoke(Invocation(text=f"t{i}")) for i in range(9)))
+
+    answers = asyncio.run(main())
+
+    assert [answer.output["text"] for answer in answers] == [f"t{i}" for i in range(9)]
+    assert sum(sizes) == 9 and sizes[0] == 8 and len(sizes) == 2  # max_batch_size 8, then the one left

@@ -1,9 +1,10 @@
-"""MicroBatcher: concurrent submissions share one call, a full batch runs at once, and an
-error reaches every caller of its batch."""
+"""MicroBatcher: concurrent submissions share one call, a full batch runs at once, requests
+that arrive while a batch runs form the next one, and an error reaches every caller of its batch."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -46,3 +47,56 @@ def test_an_error_reaches_every_caller_of_the_batch():
     assert [str(error) for error in asyncio.run(main())] == ["model crashed", "model crashed"]
     with pytest.raises(ValueError):
         MicroBatcher(broken, max_batch_size=0)
+
+
+def test_requests_arriving_while_a_batch_runs_form_the_next_batch():
+    """Batching by the queue: the lone first request runs at once; the five that arrive while
+    it runs go together, then the batcher is idle again."""
+    release, calls = threading.Event(), []
+
+    def slow(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            release.wait(5)
+        return items
+
+    async def main():
+        batcher = MicroBatcher(slow, max_batch_size=32)
+        first = asyncio.ensure_future(batcher.submit(0))
+        while not calls:
+            await asyncio.sleep(0.001)
+        later = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 6)]
+        await asyncio.sleep(0.01)
+        queued = batcher.queued
+        release.set()
+        results = await asyncio.gather(first, *later)
+        return results, queued, await batcher.submit(9)
+
+    results, queued, alone = asyncio.run(main())
+    assert results == [0, 1, 2, 3, 4, 5] and queued == 5 and alone == 9
+    assert calls == [[0], [1, 2, 3, 4, 5], [9]]
+
+
+def test_a_caller_that_gave_up_is_left_out_of_the_batch():
+    release, calls = threading.Event(), []
+
+    def slow(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            release.wait(5)
+        return items
+
+    async def main():
+        batcher = MicroBatcher(slow, max_batch_size=8)
+        first = asyncio.ensure_future(batcher.submit("a"))
+        while not calls:
+            await asyncio.sleep(0.001)
+        impatient = asyncio.ensure_future(batcher.submit("b"))
+        patient = asyncio.ensure_future(batcher.submit("c"))
+        await asyncio.sleep(0.01)
+        impatient.cancel()
+        release.set()
+        return await asyncio.gather(first, patient)
+
+    assert asyncio.run(main()) == ["a", "c"]
+    assert calls == [["a"], ["c"]]
