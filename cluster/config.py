@@ -428,6 +428,10 @@ class CostSettings(Strict):
 class RolloutSettings(Strict):
     tick_s: float = Field(2.0, gt=0, description="How often the rollout controller checks every active rollout.")
     history: int = Field(200, ge=1, description="Finished rollouts listed by GET /v1/admin/rollouts.")
+    drain_s: float = Field(
+        5.0, ge=0, le=600, description="How long a retired version keeps serving after it leaves the traffic table, so that "
+        "requests an ingress replica picked before it saw the change (it follows the table every second) still get answers.",
+    )
 
 
 class AdmissionSettings(Strict):

@@ -58,12 +58,17 @@ class ServeFleet:
         return application is not None and application.status.value == "RUNNING"
 
     async def retire(self, agent: str, version: str) -> None:
-        """Stop a run-time version that takes no traffic; a configured version stays (no-op)."""
+        """Stop a run-time version that takes no traffic: out of the traffic table at once, its
+        application deleted ``rollouts.drain_s`` later, once no ingress replica can still pick it.
+        A configured version stays (no-op). Idempotent: a restarted controller finishes the job."""
         added = (await self.traffic.snapshot.remote())["agents"].get(agent, {}).get("added", {})
-        if version not in added:
+        app = added.get(version, {}).get("app") or candidate_app(agent, version)
+        if version in added:
+            await self.traffic.remove_version.remote(agent, version)
+        if app not in (await asyncio.to_thread(serve.status)).applications:
             return
-        await self.traffic.remove_version.remote(agent, version)
-        await asyncio.to_thread(serve.delete, added[version]["app"])
+        await asyncio.sleep(self.config.rollouts.drain_s)
+        await asyncio.to_thread(serve.delete, app)
 
     def _agent(self, agent: str) -> AgentSettings:
         settings = self.config.agent(agent)
