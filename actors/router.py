@@ -112,6 +112,16 @@ class SemanticRouter:
         segments = team_segments(text)
         return segments if len(segments) > 1 else []
 
+    def texts_to_score(self, text: str) -> list[str]:
+        """What :meth:`decide_scored` needs scores for: the routing text, then the segments."""
+        return [routing_text(text), *self.wants_segments(text)]
+
+    def decide_scored(self, text: str, scores: Sequence[np.ndarray], session_agent: str | None = None) -> RouteDecision:
+        """Route one request given the scores of its :meth:`texts_to_score`, in that order
+        (from one batched :meth:`scores` call, or several)."""
+        segment_scores = np.stack(scores[1:]) if len(scores) > 1 else None
+        return self.decide(text, scores=scores[0], session_agent=session_agent, segment_scores=segment_scores)
+
     def decide(
         self,
         text: str,
@@ -272,5 +282,5 @@ def build_router(config: OrchestraConfig, storage_uri: str, torch_threads: int |
         from actors.classifier_io import open_classifier
 
         classifier = open_classifier(config.router.classifier.model, storage_uri)
-    embedder = Embedder(config.router.model_path, torch_threads)
+    embedder = Embedder(config.router.model_path, torch_threads, backend=config.router.embedding_backend)
     return SemanticRouter([a for a in config.agents if a.routable], config.router, embedder, classifier=classifier)

@@ -16,7 +16,7 @@ import numpy as np
 
 from actors.dispatcher import Dispatcher
 from actors.invocation import Invocation
-from actors.router import RouteDecision, SemanticRouter, routing_text
+from actors.router import RouteDecision, SemanticRouter
 from cluster.config import AgentSettings, LlmRouterSettings, RuleSettings
 
 logger = logging.getLogger(__name__)
@@ -125,11 +125,10 @@ class RoutingPolicy:
         rule = self.rules.match(text, invocation.metadata)
         if rule is not None:
             return RouteDecision(rule.target, "rule", 1.0, [{"agent": rule.target, "score": 1.0}], rule=rule.name)
-        segments = self.router.wants_segments(text)
-        scored = await asyncio.gather(self.score(routing_text(text)), *(self.score(segment) for segment in segments))
-        decision = self.router.decide(
-            text, scores=scored[0], session_agent=session_agent, segment_scores=np.stack(scored[1:]) if segments else None
-        )
+        needed = self.router.texts_to_score(text)
+        unique = list(dict.fromkeys(needed))  # the whole request is often also its first segment
+        scored = dict(zip(unique, await asyncio.gather(*(self.score(t) for t in unique))))
+        decision = self.router.decide_scored(text, [scored[t] for t in needed], session_agent=session_agent)
         if self.llm is not None and decision.routed_by in ("router", "fallback", "none") and self.llm.wanted(decision.confidence):
             chosen = await self.llm.pick(invocation)
             if chosen is not None:

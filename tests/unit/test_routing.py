@@ -156,3 +156,23 @@ def test_parts_naming_two_team_agents_send_the_request_to_their_supervisor(route
     assert decide(routing, "transfer 50 dollars to savings and to my checking account").agent == "banking"
     # A long text is content, not several requests: its parts are not scored.
     assert desk.wants_segments("what's my balance, and will it rain? " * 10) == []
+
+
+def test_each_distinct_text_of_a_request_is_scored_once_and_the_decision_matches_the_unbatched_one(router):
+    agents = [*AGENTS, AgentSettings(name="desk", kind="supervisor", description="front desk",
+                                     supervisor={"team": ["weather", "banking"], "route_threshold": 0.5})]
+    settings = RouterSettings.model_validate({"threshold": 0.5, "calibration": {"midpoint": 0.35, "temperature": 0.05}})
+    desk = SemanticRouter(agents, settings, router.embed)
+    scored = []
+
+    async def score(text):
+        scored.append(text)
+        return desk.scores([text])[0]
+
+    text = "what's my account balance, and will it rain tomorrow in Berlin?"
+    decision = decide(RoutingPolicy(desk, RuleSet([]), score), text)
+
+    needed = desk.texts_to_score(text)
+    assert needed[0] == needed[1] == text  # the routing text is also the first segment
+    assert sorted(scored) == sorted(set(needed)) and len(scored) == len(needed) - 1
+    assert decision == desk.decide(text)
