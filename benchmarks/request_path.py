@@ -583,12 +583,14 @@ class Bench:
         batch = [TEXT] * LIMIT_BATCH
 
         def once() -> None:
-            # What the ingress scores for these requests (each distinct text once), in one call.
+            # What the ingress scores for these requests (each request's distinct texts, as the
+            # routing policy sends them; nothing shared across requests), in one call.
             needed = [router.texts_to_score(text) for text in batch]
-            unique = list(dict.fromkeys(t for texts in needed for t in texts))
-            rows = dict(zip(unique, router.scores(unique)))
-            for text, texts in zip(batch, needed):
-                router.decide_scored(text, [rows[t] for t in texts])
+            distinct = [list(dict.fromkeys(texts)) for texts in needed]
+            rows = iter(router.scores([t for texts in distinct for t in texts]))
+            for text, texts, own in zip(batch, needed, distinct):
+                scored = {t: next(rows) for t in own}
+                router.decide_scored(text, [scored[t] for t in texts])
             specialist.predict(batch)
 
         batches = max(1, self.args.requests // LIMIT_BATCH)
