@@ -13,9 +13,11 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
+from ray import serve
 
 from actors.audit import AuditWriter, read_audit
 from actors.monitor import Monitor, parse_outcome
@@ -214,6 +216,14 @@ def traffic_fingerprint(config: OrchestraConfig) -> str:
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def serve_applications() -> set[str]:
+    """The Serve applications running now; none when Serve is not up (a cluster starting)."""
+    try:
+        return set(serve.status().applications)
+    except Exception:  # no Serve controller yet: nothing deployed at run time survives
+        return set()
+
+
 def initial_traffic(config: OrchestraConfig) -> dict:
     return {a.name: {"weights": {v.version: v.weight for v in a.versions}, "sticky": a.sticky} for a in config.agents}
 
@@ -221,16 +231,38 @@ def initial_traffic(config: OrchestraConfig) -> dict:
 class TrafficActor(Identified):
     """The shared traffic table, persisted to storage so a restart keeps run-time weights."""
 
-    def __init__(self, storage_uri: str, agents: dict, fingerprint: str, identity: str = ""):
+    def __init__(
+        self, storage_uri: str, agents: dict, fingerprint: str, identity: str = "", running_apps: Callable[[], set[str]] | None = None
+    ):
         self.identity = identity
         self.storage = Storage(storage_uri)
         self.path = self.storage.path("state", "traffic.json")
         self.fingerprint = fingerprint
+        self.initial = agents
         self.table = TrafficTable(agents)
         if self.storage.exists(self.path):
             saved = self.storage.read_json(self.path)
             if saved.get("fingerprint") == fingerprint:
                 self.table.load(saved["snapshot"])
+                self._forget_unserved((running_apps or serve_applications)())
+
+    def _forget_unserved(self, apps: set[str]) -> None:
+        """Run-time versions whose Serve application is gone (the cluster restarted since) leave
+        the table; if one of them took traffic, the saved split is void and the config's applies."""
+        gone = [(agent, version) for agent, versions in self.table.added().items() for version, where in versions.items() if where.get("app") not in apps]
+        if not gone:
+            return
+        if any(self.table.weights(agent)[version] > 0 for agent, version in gone):
+            generation = self.table.generation
+            self.table = TrafficTable(self.initial)
+            self.table.generation = generation + 1
+        else:
+            for agent, version in gone:
+                if (self.table.shadow(agent) or {}).get("version") == version:
+                    self.table.set_shadow(agent, version, 0)
+                self.table.remove_version(agent, version)
+        logger.warning("traffic: run-time versions %s are no longer served; removed from the table", gone)
+        self._save()
 
     def snapshot(self) -> dict:
         return {"fingerprint": self.fingerprint, **self.table.snapshot()}

@@ -86,3 +86,27 @@ def test_shared_table_adopts_a_new_deploy_and_persists(tmp_path):
     assert snapshot["fingerprint"] == "deploy-b" and set(snapshot["agents"]) == {"sentiment", "tiny"}
     assert snapshot["agents"]["sentiment"]["weights"] == {"v1": 90, "v2": 10}
     assert snapshot["generation"] > 1
+
+
+def test_a_restarted_table_forgets_run_time_versions_whose_app_is_gone(tmp_path):
+    """After a cluster restart the candidates' Serve apps are gone: a promoted candidate that
+    took all traffic voids the saved split (the config's applies, whose version pins the new
+    champion); a retired-weight one just leaves. While its app runs, a version stays."""
+    from serve.control import TrafficActor
+
+    agents = {"sentiment": {"weights": {"v1": 0, "v2": 100}, "sticky": True}}
+    actor = TrafficActor(str(tmp_path), agents, "deploy-a", running_apps=set)
+    actor.add_version("sentiment", "v2-2", {"app": "baton.sentiment.v2-2", "deployment": "sentiment.v2-2"})
+    actor.add_version("sentiment", "v3", {"app": "baton.sentiment.v3", "deployment": "sentiment.v3"})
+    actor.set_weights("sentiment", {"v2-2": 100}, None)
+
+    kept = TrafficActor(str(tmp_path), agents, "deploy-a", running_apps=lambda: {"baton", "baton.sentiment.v2-2", "baton.sentiment.v3"})
+    assert kept.weights("sentiment") == {"v1": 0, "v2": 0, "v2-2": 100, "v3": 0}
+
+    partly = TrafficActor(str(tmp_path), agents, "deploy-a", running_apps=lambda: {"baton", "baton.sentiment.v2-2"})
+    assert partly.weights("sentiment") == {"v1": 0, "v2": 0, "v2-2": 100}
+
+    restarted = TrafficActor(str(tmp_path), agents, "deploy-a", running_apps=lambda: {"baton"})
+    assert restarted.weights("sentiment") == {"v1": 0, "v2": 100} and restarted.table.added() == {}
+    again = TrafficActor(str(tmp_path), agents, "deploy-a", running_apps=lambda: {"baton"})
+    assert again.weights("sentiment") == {"v1": 0, "v2": 100}  # the reset was saved
