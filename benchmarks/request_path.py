@@ -59,6 +59,7 @@ DOC_HEADER = (
 AGENT = "sentiment"
 TEXT = "I absolutely loved this hotel: the staff were wonderful and the room was spotless."
 NOOP_APP, NOOP_PREFIX, NOOP_DEPLOYMENT = "noop", "/noop", "NoOp"
+TWO_HOP_APP, TWO_HOP_PREFIX = "noop2", "/noop2"
 CONCURRENCIES = (1, 16)
 HIGH = max(CONCURRENCIES)
 OVERHEAD_TARGET = 2.0  # at most: the two Serve hops the design has
@@ -66,12 +67,18 @@ SCALING_TARGET = 2.0  # at least
 LIMIT_SHARE_TARGET = 0.5  # at least: (c) at concurrency 16 over (d)
 LIMIT_BATCH = 16
 QUICK_RECIPE = REPO / "configs" / "train" / "sst2_sentiment_quick.yaml"
+# Environment of the Ray processes for each way of serving HTTP (read by Serve when they start).
+SERVE_MODES = {
+    "proxy": {},
+    "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+}
 # The default rate limit (100 req/s, burst 200 per key) would answer 429 within a run;
 # raised so the benchmark measures the path, not the limiter (its check still runs).
 BENCH_RATE_LIMIT = {"requests_per_s": 1_000_000.0, "burst": 1_000_000}
 PATHS = {
     "a": "(a) in-process decide + predict",
     "b": "(b) Serve no-op over HTTP",
+    "b2": "(b2) Serve no-op, two hops (HTTP, then a handle)",
     "c": "(c) baton POST /v1/route",
     "d": f"(d) limit: in-process batches of {LIMIT_BATCH}",
 }
@@ -164,7 +171,7 @@ class CpuMeter:
             name = entry["name"]
             if name.startswith("SERVE_REPLICA::"):
                 app, deployment = name.split("::", 1)[1].split("#")[:2]
-                label = "no-op replica" if app == NOOP_APP else (
+                label = "no-op replica" if app in (NOOP_APP, TWO_HOP_APP) else (
                     "baton ingress replica(s)" if deployment == "Ingress" else f"agent {deployment} replica(s)"
                 )
             elif name.startswith("SERVE_PROXY"):
@@ -411,16 +418,6 @@ def in_process_objects(config, storage_uri: str):
     return router, specialist, f"{kind} ({AGENT}.{chosen.version})"
 
 
-def handle_invoke(handle) -> Any:
-    """One ``AgentVersion.invoke(Invocation)`` through a Serve handle, as the dispatcher makes it."""
-    from actors.invocation import Failure, Invocation
-
-    answer = handle.invoke.remote(Invocation(text=TEXT)).result()
-    if isinstance(answer, Failure):
-        raise answer.error
-    return answer.output
-
-
 def noop_application():
     from ray import serve
 
@@ -430,6 +427,27 @@ def noop_application():
             return {"ok": True}
 
     return NoOp.bind()
+
+
+def two_hop_application():
+    """The two hops baton's design has, with no work: HTTP into a deployment that awaits a
+    DeploymentHandle call to a second one."""
+    from ray import serve
+
+    @serve.deployment(name="NoOpInner", ray_actor_options={"num_cpus": 0.1})
+    class NoOpInner:
+        async def __call__(self, body) -> dict:
+            return {"ok": True}
+
+    @serve.deployment(name="NoOpOuter", ray_actor_options={"num_cpus": 0.1})
+    class NoOpOuter:
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, request) -> dict:
+            return await self.inner.remote(None)
+
+    return NoOpOuter.bind(NoOpInner.bind())
 
 
 def _deployments(app: str) -> dict:
@@ -632,6 +650,7 @@ class Bench:
                 return call
 
             noop = post(NOOP_PREFIX, {"text": TEXT}, with_key=False)
+            two_hops = post(TWO_HOP_PREFIX, {"text": TEXT}, with_key=False)
             route = post("/v1/route", {"text": TEXT}, with_key=True)
             status, payload = await route()
             if status != 200 or payload.get("agent") != AGENT or payload.get("routed_by") != "router":
@@ -643,7 +662,7 @@ class Bench:
                 task = progress.add_task("baton warm-up (audit, monitor, handles)", total=self.args.warmup)
                 await run_async(route, 1, self.args.warmup, lambda: progress.advance(task))
                 await asyncio.sleep(2 * self.config.reporter.interval_s)
-                for path, call in (("b", noop), ("c", route)):
+                for path, call in (("b", noop), ("b2", two_hops), ("c", route)):
                     for concurrency in CONCURRENCIES:
                         task = progress.add_task(f"{PATHS[path]} c={concurrency}", total=self.args.warmup + self.args.requests)
                         advance = lambda: progress.advance(task)  # noqa: E731
@@ -658,7 +677,7 @@ class Bench:
                         latencies, wall, results = await run_async(call, concurrency, self.args.requests, advance)
                         cell = self.measured(Cell(path, concurrency, latencies, wall, replicas=replicas), before)
                         for status, payload in results:
-                            ok = status == 200 and (path == "b" or payload.get("agent") == AGENT)
+                            ok = status == 200 and (path != "c" or payload.get("agent") == AGENT)
                             cell.errors += not ok
                             if path == "c" and ok and "latency_ms" in payload:
                                 cell.server_ms.append(payload["latency_ms"])
@@ -735,24 +754,39 @@ class Bench:
         chosen = serving_version(self.config).version
         agent = serve.get_deployment_handle(deployment_name(AGENT, chosen), app_name=APP_NAME)
         noop = serve.get_deployment_handle(NOOP_DEPLOYMENT, app_name=NOOP_APP)
-        stages: dict[str, Callable[[], Any]] = {"embed 1 text (MiniLM, in-process)": lambda: router.embed([TEXT])}
-        if hasattr(router, "scores"):  # the batched part of routing: embedding + similarity (+ classifier)
-            scores = router.scores([TEXT])[0]
-            stages["router scores for 1 text (in-process)"] = lambda: router.scores([TEXT])
-            stages["decide given the scores (in-process)"] = lambda: router.decide(TEXT, scores=scores)
-        else:
-            embedding = router.embed([TEXT])[0]
-            stages["decide given the embedding (in-process)"] = lambda: router.decide(TEXT, embedding=embedding)
-        stages |= {
+        needed = router.texts_to_score(TEXT)
+        distinct = list(dict.fromkeys(needed))
+        rows = dict(zip(distinct, router.scores(distinct)))
+        stages: dict[str, Callable[[], Any]] = {
+            "embed 1 text (MiniLM, in-process)": lambda: router.embed([TEXT]),
+            f"router scores for the request's {len(distinct)} distinct texts, one call (in-process)": lambda: router.scores(distinct),
+            "decide given those scores (in-process)": lambda: router.decide_scored(TEXT, [rows[t] for t in needed]),
             f"{AGENT} predict (in-process)": lambda: specialist.predict([TEXT]),
-            f"DeploymentHandle call {AGENT}.{chosen}.invoke (from this process)": lambda: handle_invoke(agent),
-            "DeploymentHandle call to the no-op (from this process)": lambda: noop.remote(None).result(),
         }
         for name, fn in stages.items():
             self.quiesce()
             run_threads(fn, 1, max(5, n // 10), lambda: None)
             latencies, _ = run_threads(fn, 1, n, lambda: None)
             self.stages.append(Stage(name, float(np.median(latencies)) * 1000))
+        from actors.invocation import Invocation
+
+        # Handles are awaited on an event loop, as the ingress awaits them (some Serve modes require it).
+        handle_stages = {
+            f"DeploymentHandle call {AGENT}.{chosen}.invoke (from this process)": lambda: agent.invoke.remote(Invocation(text=TEXT)),
+            "DeploymentHandle call to the no-op (from this process)": lambda: noop.remote(None),
+        }
+
+        async def measure(call) -> list[float]:
+            async def once():
+                return await call()
+
+            await run_async(once, 1, max(5, n // 10), lambda: None)
+            latencies, _, _ = await run_async(once, 1, n, lambda: None)
+            return latencies
+
+        for name, call in handle_stages.items():
+            self.quiesce()
+            self.stages.append(Stage(name, float(np.median(asyncio.run(measure(call)))) * 1000))
 
 
 # -- reporting -------------------------------------------------------------------------
@@ -770,7 +804,10 @@ def ratios(cells: list[Cell]) -> tuple[float, float, float]:
 
 def ratio_rows(cells: list[Cell]) -> list[list[str]]:
     overhead, scaling, share = ratios(cells)
+    a1, b2 = cell_of(cells, "a", 1), cell_of(cells, "b2", 1)
+    measured = (cell_of(cells, "c", 1).p(50) - a1.p(50)) / b2.p(50)
     return [
+        ["(p50(c) − p50(a)) / p50(b2), concurrency 1: over the design's two hops as measured", fmt(measured), "≤ 1", verdict(measured <= 1)],
         ["overhead = (p50(c) − p50(a)) / p50(b), concurrency 1", fmt(overhead), f"≤ {OVERHEAD_TARGET:g}", verdict(overhead <= OVERHEAD_TARGET)],
         [f"throughput of (c) at concurrency {HIGH} / at concurrency 1", fmt(scaling), f"≥ {SCALING_TARGET:g}", verdict(scaling >= SCALING_TARGET)],
         [f"throughput of (c) at concurrency {HIGH} / (d)", f"{share:.0%}", f"≥ {LIMIT_SHARE_TARGET:.0%}", verdict(share >= LIMIT_SHARE_TARGET)],
@@ -885,7 +922,8 @@ def markdown_section(bench: Bench, meta: dict[str, str]) -> str:
         "benchmark process, built as the ingress and the agent replica build them (torch threads",
         "included); at concurrency 16, 16 threads share them, so the GIL and the embedder's lock serialise",
         "the work. (b) is a bare Ray Serve deployment whose `__call__` returns `{\"ok\": true}`, a second",
-        "Serve application on `/noop` in the same Serve instance. (c) is `POST /v1/route` with",
+        "Serve application on `/noop` in the same Serve instance; (b2) adds the second hop the design has: its",
+        "deployment awaits a DeploymentHandle call to a second no-op deployment (`/noop2`). (c) is `POST /v1/route` with",
         f"`{{\"text\": {json.dumps(TEXT)}}}`, which the router sends to `{AGENT}`. The HTTP client is one",
         f"aiohttp session with keep-alive and a pool of {2 * HIGH} connections, in the benchmark process, on the same cores.",
         f"(d) is the limit: the same routing and {AGENT} predictions as (a), in batches of {LIMIT_BATCH} requests (each",
@@ -897,7 +935,7 @@ def markdown_section(bench: Bench, meta: dict[str, str]) -> str:
         f"{meta['load_before']} before the run (see \"other load\" for what else ran during each cell)",
         f"- Versions: ray {meta['ray']}, Python {meta['python']}, torch {meta['torch']}, "
         f"sentence-transformers {meta['st']}, fastapi {meta['fastapi']}, aiohttp {meta['aiohttp']}",
-        f"- Cluster: `ray.init(num_cpus=2)`, `serve.start` on 127.0.0.1; orchestra: {meta['orchestra']}",
+        f"- Cluster: `ray.init(num_cpus=2)`, `serve.start` on 127.0.0.1, Serve mode `{meta['serve_mode']}`; orchestra: {meta['orchestra']}",
         f"- Each cell: a wait until this run's processes are idle, {meta['warmup']} warm-up requests, then "
         f"{meta['requests']} measured; baton's whole path is warmed before (b). req/s = measured "
         "requests / wall time of the cell. CPU ms/req = CPU time of all processes of this run (client, "
@@ -983,6 +1021,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a local storage whose registry holds the orchestra's models, copied into this run's storage "
         "(default .baton, what `make up` uses); a missing sentiment model is trained first with the quick recipe",
     )
+    parser.add_argument(
+        "--serve-mode", choices=sorted(SERVE_MODES), default="proxy",
+        help="proxy: Serve's Python HTTP proxy (the default deployment); haproxy: Ray Serve's throughput-optimized "
+        "mode, HAProxy straight to the ingress replicas, user code and handle routing on the replicas' event loops",
+    )
     parser.add_argument("--no-doc", action="store_true", help="print only; do not rewrite docs/benchmarks.md")
     parser.add_argument("--doc", type=Path, default=DOC, help="the Markdown file whose section is rewritten (default docs/benchmarks.md)")
     args = parser.parse_args(argv)
@@ -1012,6 +1055,7 @@ def main(argv: list[str] | None = None) -> int:
         "fastapi": package("fastapi"),
         "aiohttp": package("aiohttp"),
         "requests": str(args.requests),
+        "serve_mode": args.serve_mode,
         "warmup": str(args.warmup),
     }
     console.rule("baton request-path benchmark")
@@ -1033,6 +1077,7 @@ def main(argv: list[str] | None = None) -> int:
         key, _ = KeyStore(Storage(storage_uri)).create("invoke", "benchmark")
 
         os.environ.update(cluster_env())
+        os.environ.update(SERVE_MODES[args.serve_mode])
         os.environ.pop("RAY_ADDRESS", None)  # our own cluster, never a `make up` one
         port = free_port()
         with console.status("starting Ray..."):
@@ -1064,6 +1109,7 @@ def main(argv: list[str] | None = None) -> int:
             with console.status("starting Serve, the no-op app and baton (about a minute on 2 cores)..."):
                 serve.start(http_options={"host": "127.0.0.1", "port": port})
                 serve.run(noop_application(), name=NOOP_APP, route_prefix=NOOP_PREFIX)
+                serve.run(two_hop_application(), name=TWO_HOP_APP, route_prefix=TWO_HOP_PREFIX)
                 serve.run(build_application(config, storage_uri), name=APP_NAME, route_prefix="/")
             console.print(f"cluster up in {time.monotonic() - started:.1f} s; Serve on http://127.0.0.1:{port}")
             bench = Bench(args, console, deployed, storage_uri)
