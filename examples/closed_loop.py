@@ -148,7 +148,8 @@ def follow_rollout(baton: Baton, rollout_id: str, timeout_s: float = 1200) -> di
             else:
                 baseline = "" if event["baseline"] is None else f", baseline {event['baseline']:.4g}"
                 console.print(f"    check {event['metric']} {event['op']} {event['threshold']:.4g}: observed {event['observed']:.4g}{baseline} → [bold]{event['verdict']}[/]")
-        if rollout["state"] in ("succeeded", "failed", "aborted"):
+        # Finished once its effects are done too (weights, alias, the candidate drained and retired).
+        if rollout["state"] in ("succeeded", "failed", "aborted") and rollout.get("effects") is None:
             return rollout
         time.sleep(2)
     raise SystemExit(f"rollout {rollout_id} did not finish in {timeout_s:.0f} s")
