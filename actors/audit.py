@@ -82,6 +82,31 @@ def _output_text(output: Any) -> str | None:
     return json.dumps(output, sort_keys=True)
 
 
+def _collect_strings(value: Any, into: list[str]) -> None:
+    """Outputs quote their input (entity texts, echoes), so every string in them is redacted too."""
+    if isinstance(value, str):
+        into.append(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect_strings(item, into)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect_strings(item, into)
+
+
+def _replace_strings(value: Any, redacted: dict[str, str]) -> Any:
+    """``value`` with each string swapped for its redaction; unchanged without a redactor."""
+    if not redacted or value is None:
+        return value
+    if isinstance(value, str):
+        return redacted[value]
+    if isinstance(value, dict):
+        return {key: _replace_strings(item, redacted) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_replace_strings(item, redacted) for item in value]
+    return value
+
+
 def _to_table(rows: list[dict[str, Any]]) -> pa.Table:
     columns = []
     for column in AUDIT_SCHEMA:
@@ -113,6 +138,7 @@ class AuditWriter:
     passed; if that flush fails the records stay buffered for the next one and ``write``
     does not raise, since the caller's records were accepted. ``flush``, ``maybe_flush``
     and ``close`` re-raise write errors, keeping what was not written buffered.
+    A redactor with a ``many`` method gets every string of a ``write`` in one call.
     """
 
     def __init__(
@@ -146,7 +172,10 @@ class AuditWriter:
         return self._buffered
 
     def write(self, records: list[dict[str, Any]]) -> int:
-        tables = self._tables_by_day([self._row(record) for record in records])
+        for record in records:
+            self._check(record)
+        redacted = self._redact_batch(records)
+        tables = self._tables_by_day([self._row(record, redacted) for record in records])
         with self._lock:
             for day, table in tables.items():
                 self._buffer[day].append(table)
@@ -183,44 +212,50 @@ class AuditWriter:
         except Exception:
             logger.warning("audit flush failed; %d records stay buffered for the next flush", self._buffered, exc_info=True)
 
-    def _row(self, record: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _check(record: dict[str, Any]) -> None:
         unknown = set(record) - ACCEPTED_KEYS
         if unknown:
             raise ValueError(f"unknown audit field(s) {sorted(unknown)}; accepted: {sorted(ACCEPTED_KEYS)}")
         missing = sorted(key for key in REQUIRED_KEYS if record.get(key) is None)
         if missing:
             raise ValueError(f"audit record lacks required field(s) {missing}")
+        text = record.get("text")
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"audit field 'text' must be a string, got {type(text).__name__}")
+
+    def _redact_batch(self, records: list[dict[str, Any]]) -> dict[str, str]:
+        """Every string of the batch that gets written, redacted in one call: NER runs over
+        the batch at once where the redactor can (``many``)."""
+        if self._redactor is None:
+            return {}
+        strings: list[str] = []
+        for record in records:
+            if self._store_input_text and record.get("text") is not None:
+                strings.append(record["text"])
+            for name in ("output", "metadata", "trace"):
+                _collect_strings(record.get(name), strings)
+        unique = list(dict.fromkeys(strings))
+        many = getattr(self._redactor, "many", None)
+        return dict(zip(unique, many(unique) if many is not None else map(self._redactor, unique)))
+
+    def _row(self, record: dict[str, Any], redacted: dict[str, str]) -> dict[str, Any]:
         row = {name: record.get(name) for name in AUDIT_SCHEMA.names}
         ts = record.get("ts")
         row["ts"] = to_utc(self._clock() if ts is None else ts)
         row["status_code"] = _status_code(row["status_code"])
-        row["output"] = _output_text(self._redact_strings(record.get("output")))
-        row["metadata"] = _output_text(self._redact_strings(record.get("metadata")))
-        row["trace"] = _output_text(self._redact_strings(record.get("trace")))
-        row.update(self._input_fields(record.get("text"), record.get("input_sha256")))
+        for name in ("output", "metadata", "trace"):
+            row[name] = _output_text(_replace_strings(record.get(name), redacted))
+        row.update(self._input_fields(record.get("text"), record.get("input_sha256"), redacted))
         return row
 
-    def _redact_strings(self, value: Any) -> Any:
-        """Outputs quote their input (entity texts, echoes), so every string in them is redacted too."""
-        if self._redactor is None or value is None:
-            return value
-        if isinstance(value, str):
-            return self._redactor(value)
-        if isinstance(value, dict):
-            return {key: self._redact_strings(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [self._redact_strings(item) for item in value]
-        return value
-
-    def _input_fields(self, text: str | None, document_sha256: str | None = None) -> dict[str, Any]:
+    def _input_fields(self, text: str | None, document_sha256: str | None, redacted: dict[str, str]) -> dict[str, Any]:
         if text is None:
             return {"input_sha256": document_sha256, "input_chars": None, "input_text": None}
-        if not isinstance(text, str):
-            raise ValueError(f"audit field 'text' must be a string, got {type(text).__name__}")
         return {
             "input_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
             "input_chars": len(text),
-            "input_text": self._redactor(text) if self._store_input_text else None,
+            "input_text": redacted[text] if self._store_input_text else None,
         }
 
     @staticmethod

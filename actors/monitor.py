@@ -90,6 +90,12 @@ class LogHistogram:
                 break
         return 2 * self._gamma**index / (self._gamma + 1)
 
+    def merge(self, other: LogHistogram) -> None:
+        """Add another sketch of the same accuracy: the result sketches both sets of values."""
+        self.count += other.count
+        self._zeros += other._zeros
+        self._buckets.update(other._buckets)
+
     def to_state(self) -> dict:
         return {"count": self.count, "zeros": self._zeros, "buckets": {str(index): n for index, n in self._buckets.items()}}
 
@@ -336,6 +342,11 @@ class _Tally:
     def error_rate(self) -> float | None:
         return self.errors / self.requests if self.requests else None
 
+    def merge(self, other: _Tally) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.latency.merge(other.latency)
+
     def to_state(self) -> dict:
         return {"requests": self.requests, "errors": self.errors, "latency": self.latency.to_state()}
 
@@ -378,6 +389,19 @@ class _Totals:
         if outcome.agreement is not None:
             self.agreement_sum += outcome.agreement
             self.agreement_n += 1
+
+    def merge(self, other: _Totals) -> None:
+        """Add another monitor shard's counters of the same agent version."""
+        self.served.merge(other.served)
+        self.statuses.update(other.statuses)
+        self.buckets = [mine + theirs for mine, theirs in zip(self.buckets, other.buckets)]
+        self.latency_sum_s += other.latency_sum_s
+        self.labels.update(other.labels)
+        self.cost = {name: self.cost[name] + other.cost[name] for name in COST_FIELDS}
+        self.shadow.merge(other.shadow)
+        self.primary.merge(other.primary)
+        self.agreement_sum += other.agreement_sum
+        self.agreement_n += other.agreement_n
 
     def summary(self) -> dict:
         return _summary(self.served.requests, self.served.errors, self.served.latency.quantile, self.labels)
@@ -426,6 +450,31 @@ def _outcomes_from_table(table: pa.Table) -> list[Outcome]:
     return list(map(Outcome._make, zip(*(values(name) for name in Outcome._fields))))
 
 
+class _FixedDrift:
+    """The drift seam of a merged monitor: its shards' reports, and no observing."""
+
+    def __init__(self, report: dict):
+        self._report = report
+
+    def observe(self, outcome: Outcome) -> list[dict]:
+        return []
+
+    def report(self) -> dict:
+        return self._report
+
+
+def _merged_drift(reports: list[dict]) -> dict:
+    """Per agent version, the report of the shard whose last drift window ended latest."""
+    merged: dict[str, dict[str, dict]] = defaultdict(dict)
+    for report in reports:
+        for agent, versions in report.items():
+            for version, entry in versions.items():
+                kept = merged[agent].get(version)
+                if kept is None or (entry.get("window_end") or 0) > (kept.get("window_end") or 0):
+                    merged[agent][version] = entry
+    return dict(merged)
+
+
 # --- the monitor -----------------------------------------------------------------------
 
 
@@ -446,6 +495,11 @@ class Monitor:
     sent while it was down come later, as reporters retry: for ``settle_s`` after a rebuild,
     windows reaching past the newest rebuilt outcome are incomplete.
     The drift observer's state is not rebuilt: it starts empty after a restart.
+
+    Past one process, several monitors (``shard``: each its own outcome log) take a share of
+    the outcomes each; ``export`` gives a shard's counters and held outcomes, and ``merged``
+    builds from the shares a read-only monitor whose windows, stats and metrics are those of
+    one monitor that got every outcome.
     """
 
     def __init__(
@@ -461,6 +515,7 @@ class Monitor:
         checkpoint_s: float = 60.0,
         settle_s: float = 10.0,
         max_alerts: int = 1000,
+        shard: int = 0,
     ):
         if min(window_s, checkpoint_s) <= 0 or min(max_window_samples, max_alerts) < 1 or retention_s < window_s or settle_s < 0:
             raise ValueError(
@@ -489,7 +544,7 @@ class Monitor:
         self.settle_s = settle_s
         self._batch_ids: dict[str, float] = {}
         self._next_seq = 1
-        self._log = None if storage is None else OutcomeLog(storage, compact_span_s=retention_s / 10)
+        self._log = None if storage is None else OutcomeLog(storage, compact_span_s=retention_s / 10, shard=shard)
         if self._log is not None:
             self._rebuild()
             self.checkpoint()
@@ -504,7 +559,11 @@ class Monitor:
         and then counts none of it."""
         now = self._clock()
         # Parse everything first so a bad outcome leaves no half-counted batch behind.
-        parsed = [parse_outcome(raw, now) for raw in outcomes]
+        self.record_parsed([parse_outcome(raw, now) for raw in outcomes], batch_id, now)
+
+    def record_parsed(self, parsed: list[Outcome], batch_id: str | None = None, now: float | None = None) -> None:
+        """``record`` for outcomes that ``parse_outcome`` made already."""
+        now = self._clock() if now is None else now
         if not parsed:
             return
         if batch_id is not None and batch_id in self._batch_ids:
@@ -538,7 +597,12 @@ class Monitor:
         # Windows need neither; dropping them keeps an hour of outcomes small.
         if outcome.features is not None or outcome.request_id is not None:
             outcome = outcome._replace(features=None, request_id=None)
-        bisect.insort_right(self._held[outcome.kind, outcome.agent, outcome.version], outcome, key=_ts)
+        series = self._held[outcome.kind, outcome.agent, outcome.version]
+        # Outcomes mostly arrive in time order: appending skips the bisection.
+        if not series or series[-1].ts <= outcome.ts:
+            series.append(outcome)
+        else:
+            bisect.insort_right(series, outcome, key=_ts)
         self._held_count += 1
 
     def _observe_drift(self, outcome: Outcome) -> None:
@@ -721,6 +785,57 @@ class Monitor:
             "cost_total": total,
             **{name: value / requests if requests else None for name, value in per_request.items()},
         }
+
+    # --- shards ---
+
+    def export(self, since: float, until: float | None = None, key: Key | None = None) -> dict:
+        """This shard's share of a merged read: since-start counters, drift report, and the
+        outcomes held with ``since <= ts <= until`` (of one agent version, or of all)."""
+        now = self._clock()
+        self._prune(now)
+        held = {
+            series: self._between(*series, since, until)
+            for series in self._held
+            if key is None or series[1:] == key
+        }
+        return {
+            "now": now, "started": self._started, "complete_since": self.complete_since,
+            "gap_from": self._gap_from, "settles_at": self._settles_at, "routes": dict(self._routes),
+            "totals": {key: totals.to_state() for key, totals in self._totals.items()},
+            "held": held, "drift": self.drift_report(),
+        }
+
+    @classmethod
+    def merged(
+        cls, shares: list[dict], window_s: float = 60.0, prices: CostSettings | None = None, clock: Callable[[], float] | None = None
+    ) -> Monitor:
+        """A read-only monitor over shards' ``export`` shares, its clock stopped at the latest
+        export unless given one. A window is complete only where every shard's is: the latest
+        ``complete_since``, the widest restart gap."""
+        if not shares:
+            raise ValueError("need at least one monitor share to merge")
+        exported = max(share["now"] for share in shares)
+
+        def at_export() -> float:
+            return exported
+
+        held_count = sum(len(series) for share in shares for series in share["held"].values())
+        merged = cls(window_s=window_s, max_window_samples=held_count + 1, clock=clock or at_export, prices=prices,
+                     drift=_FixedDrift(_merged_drift([share["drift"] for share in shares])))
+        merged._started = min(share["started"] for share in shares)
+        merged._origin = max(share["complete_since"] for share in shares)
+        merged._gap_from = min(share["gap_from"] for share in shares)
+        merged._settles_at = max(share["settles_at"] for share in shares)
+        for share in shares:
+            merged._routes.update(share["routes"])
+            for key, state in share["totals"].items():
+                merged._totals[key].merge(_Totals.from_state(state))
+            for series, outcomes in share["held"].items():
+                merged._held[series].extend(outcomes)
+        for series in merged._held.values():
+            series.sort(key=_ts)
+        merged._held_count = held_count
+        return merged
 
     # --- drift ---
 

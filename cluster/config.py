@@ -476,6 +476,10 @@ class AuditSettings(Strict):
     redact_names: bool = Field(True, description="Redact person and place names with NER, besides the pattern PII.")
     batch_size: int = Field(500, ge=1, description="Records per Parquet file at most.")
     flush_interval_s: float = Field(1.0, gt=0, description="Longest time a record waits in memory before it is written.")
+    writers: int = Field(
+        1, ge=1, le=64,
+        description="Audit writer actors, spread over the nodes; each redacts and writes files of its own, so the rate grows with them.",
+    )
 
 
 class MonitorSettings(Strict):
@@ -483,11 +487,20 @@ class MonitorSettings(Strict):
     retention_s: float = Field(
         3600.0, gt=0, description="How far back outcomes stay on storage, so a restarted monitor rebuilds its windows."
     )
+    shards: int = Field(
+        1, ge=1, le=64,
+        description="Monitor actors, spread over the nodes; each takes a share of the outcomes into a log of its own, and reads merge them.",
+    )
 
 
 class ReporterSettings(Strict):
     interval_s: float = Field(0.5, gt=0, description="How often buffered outcomes go to the monitor and audit actors.")
-    max_batch: int = Field(200, ge=1, description="Outcomes per call to the monitor or audit actor.")
+    max_batch: int = Field(
+        1000, ge=1, description="Outcomes per call to the monitor (one log file each: bigger batches doubled its rate, docs/benchmarks.md)."
+    )
+    audit_max_batch: int = Field(
+        200, ge=1, description="Records per call to an audit writer; a call holds the writer for its redaction, so audit queries wait less behind small ones.",
+    )
     max_buffer: int = Field(100_000, ge=1, description="Outcomes buffered per ingress replica before the oldest drop.")
 
 

@@ -1,5 +1,6 @@
 """The named Ray actors shared by every ingress replica: monitor, audit writer and the
-traffic table. Each wraps a plain class from ``actors/`` and restarts on failure.
+traffic table. Each wraps a plain class from ``actors/`` and restarts on failure; the monitor
+and the audit writer may be several shards, which the ingress reaches as one.
 """
 
 from __future__ import annotations
@@ -8,9 +9,11 @@ import asyncio
 import functools
 import hashlib
 import inspect
+import itertools
 import json
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -59,7 +62,7 @@ class MonitorActor(Identified):
     """The monitor over durable outcomes; a thread hands its drift alerts to the audit log,
     the webhook and the rollout controller (which retrains on them)."""
 
-    def __init__(self, storage_uri: str, settings: dict, identity: str = ""):
+    def __init__(self, storage_uri: str, settings: dict, shard: int = 0, identity: str = ""):
         from actors.drift import DriftWatch, registry_references
 
         self.identity = identity
@@ -70,6 +73,7 @@ class MonitorActor(Identified):
             retention_s=settings["monitor"]["retention_s"],
             prices=CostSettings.model_validate(settings["cost"]),
             drift=DriftWatch(drift, registry_references(storage_uri)),
+            shard=shard,
         )
         self._webhook = drift.webhook
         self._lock = threading.Lock()
@@ -78,15 +82,14 @@ class MonitorActor(Identified):
     def record(self, outcomes: list[dict], batch_id: str | None = None) -> None:
         """Count a batch; one malformed outcome is dropped and logged, so a reporter never
         resends a batch that can never be accepted."""
-        valid = []
+        valid, now = [], time.time()
         for outcome in outcomes:
             try:
-                parse_outcome(outcome, time.time())
-                valid.append(outcome)
+                valid.append(parse_outcome(outcome, now))
             except ValueError as error:
                 logger.error("dropped a malformed outcome: %s", error)
         with self._lock:
-            self.monitor.record(valid, batch_id=batch_id)
+            self.monitor.record_parsed(valid, batch_id=batch_id, now=now)
 
     def stats(self) -> dict:
         with self._lock:
@@ -99,6 +102,10 @@ class MonitorActor(Identified):
     def drift_report(self) -> dict:
         with self._lock:
             return self.monitor.drift_report()
+
+    def export(self, since: float, until: float | None = None, key: tuple[str, str] | None = None) -> dict:
+        with self._lock:
+            return self.monitor.export(since, until, key)
 
     def before_replacement(self) -> None:
         with self._lock:
@@ -147,12 +154,13 @@ class AuditActor(Identified):
 
     def __init__(self, storage_uri: str, settings: dict, review_policies: dict | None = None, identity: str = ""):
         from actors.feedback import ReviewQueue
-        from actors.pii import PiiRedactor
+        from actors.pii import CachedRedactor, PiiRedactor
 
         self.identity = identity
         self.storage = Storage(storage_uri)
-        # Outputs repeat the same strings (labels, language codes): redact each once.
-        self.redact = functools.lru_cache(maxsize=50_000)(PiiRedactor(use_ner=settings["redact_names"]))
+        # Outputs repeat the same strings (labels, language codes): redact each once, and
+        # the rest of a batch in one NER pass.
+        self.redact = CachedRedactor(PiiRedactor(use_ner=settings["redact_names"]))
         self.writer = AuditWriter(
             self.storage,
             batch_size=settings["batch_size"],
@@ -306,11 +314,13 @@ class TrafficActor(Identified):
         self.storage.write_json_atomic(self.path, {"fingerprint": self.fingerprint, "snapshot": self.table.snapshot()})
 
 
-def _named(cls: type, name: str, *args: Any, num_cpus: float = 0.01) -> ray.actor.ActorHandle:
+def _named(cls: type, name: str, *args: Any, num_cpus: float = 0.01, spread: bool = False) -> ray.actor.ActorHandle:
     identity = actor_identity(cls, args)
     options = dict(
         name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_restarts=-1, max_task_retries=-1, num_cpus=num_cpus
     )
+    if spread:  # writers of one kind on different nodes, so their rate adds up
+        options["scheduling_strategy"] = "SPREAD"
     for _ in range(REPLACE_ATTEMPTS):
         actor = ray.remote(cls).options(**options).remote(*args, identity=identity)
         try:
@@ -353,13 +363,13 @@ class ActorTraffic:
 
 
 class ActorWindow:
-    """The rollout controller's Window port: the monitor actor."""
+    """The rollout controller's Window port: the monitor's shards."""
 
-    def __init__(self, actor: Any):
-        self.actor = actor
+    def __init__(self, shards: MonitorShards):
+        self.shards = shards
 
     async def window(self, agent: str, version: str, since: float, until: float | None = None) -> dict:
-        return await self.actor.window.remote(agent, version, since, until)
+        return await self.shards.window(agent, version, since, until)
 
 
 class RayJobs:
@@ -395,7 +405,8 @@ class RolloutActor(Identified):
 
         self.identity = identity
         settings = OrchestraConfig.model_validate(config)
-        traffic, monitor = (ray.get_actor(name, namespace=NAMESPACE) for name in (TRAFFIC, MONITOR))
+        traffic = ray.get_actor(TRAFFIC, namespace=NAMESPACE)
+        monitor = MonitorShards(_existing_shards(MONITOR), {"monitor": settings.monitor.model_dump(), "cost": settings.cost.model_dump()})
         self._audit_actor = ray.get_actor(AUDIT, namespace=NAMESPACE)
         self.controller = RolloutController(
             Storage(storage_uri), ServeFleet(settings, storage_uri, traffic, app_name), ActorTraffic(traffic),
@@ -498,12 +509,134 @@ def review_policies(config: OrchestraConfig) -> dict[str, dict]:
     return {a.name: a.review.model_dump() for a in config.agents if a.review is not None}
 
 
-def control_actors(config: OrchestraConfig, storage_uri: str, app_name: str = "baton") -> dict[str, ray.actor.ActorHandle]:
-    """Get the shared actors, creating each on first use (every replica calls this)."""
-    monitoring = {"monitor": config.monitor.model_dump(), "drift": config.drift.model_dump(), "cost": config.cost.model_dump()}
+def monitoring_settings(config: OrchestraConfig) -> dict:
+    return {"monitor": config.monitor.model_dump(), "drift": config.drift.model_dump(), "cost": config.cost.model_dump()}
+
+
+def shard_name(base: str, index: int) -> str:
+    """The first shard keeps the name a single actor always had (the controllers use it)."""
+    return base if index == 0 else f"{base}_{index}"
+
+
+def audit_writer_name(index: int) -> str:
+    return shard_name(AUDIT, index)
+
+
+def monitor_shards(config: OrchestraConfig, storage_uri: str) -> MonitorShards:
+    """The named monitor actors, spread over the nodes, created on first use: ``monitor.shards``
+    of them, or as many as have logs on storage (so no shard's history goes unread)."""
+    from actors.outcome_log import stored_shards
+
+    settings = monitoring_settings(config)
+    count = max(config.monitor.shards, stored_shards(Storage(storage_uri)))
+    shards = [_named(MonitorActor, shard_name(MONITOR, index), storage_uri, settings, index, spread=True) for index in range(count)]
+    return MonitorShards(shards, settings, intake=config.monitor.shards)
+
+
+def audit_writers(config: OrchestraConfig, storage_uri: str) -> AuditShards:
+    """The ``audit.writers`` named audit actors, spread over the nodes, created on first use;
+    writers beyond that number (left by a deploy with more) flush and go."""
+    count = config.audit.writers
+    args = (storage_uri, config.audit.model_dump(), review_policies(config))
+    writers = [_named(AuditActor, audit_writer_name(index), *args, spread=True) for index in range(count)]
+    _retire_audit_writers(from_index=count)
+    return AuditShards(writers)
+
+
+def _existing_shards(base: str, from_index: int = 0) -> list[ray.actor.ActorHandle]:
+    shards = []
+    for index in itertools.count(from_index):
+        try:
+            shards.append(ray.get_actor(shard_name(base, index), namespace=NAMESPACE))
+        except ValueError:
+            return shards
+
+
+def _existing_audit_writers(from_index: int = 0) -> list[ray.actor.ActorHandle]:
+    return _existing_shards(AUDIT, from_index)
+
+
+def _retire_audit_writers(from_index: int) -> None:
+    for writer in _existing_audit_writers(from_index):
+        try:
+            ray.get(writer.before_replacement.remote(), timeout=ACTOR_START_S)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            logger.warning("a retired audit writer could not flush; killing it anyway")
+        ray.kill(writer, no_restart=True)
+
+
+class AuditShards:
+    """Several audit writers as one sink: each batch goes to the next writer, so the rate of
+    redaction and writing grows with the writers. They write files of their own (unique names)
+    into the same day partitions, so a query merges them by reading the storage after every
+    writer has flushed."""
+
+    def __init__(self, writers: list[Any]):
+        if not writers:
+            raise ValueError("need at least one audit writer")
+        self.writers = writers
+        # Replicas start at different writers, so their batches spread from the first one.
+        self._turn = itertools.count(random.randrange(len(writers)))
+
+    def write(self, records: list[dict]) -> Any:
+        return self.writers[next(self._turn) % len(self.writers)].write.remote(records)
+
+    async def query(self, **filters: Any) -> list[dict]:
+        await asyncio.gather(*(writer.flush.remote() for writer in self.writers[1:]))
+        return await self.writers[0].query.remote(**filters)
+
+
+class MonitorShards:
+    """Several monitor actors as one: each batch of outcomes goes to the next of the first
+    ``intake`` shards; a read gathers every shard's share (``Monitor.export``) and answers from
+    ``Monitor.merged``, as one monitor that got every outcome would. One shard is called directly."""
+
+    def __init__(self, shards: list[Any], settings: dict, intake: int | None = None):
+        if not shards:
+            raise ValueError("need at least one monitor shard")
+        self.shards = shards
+        self.intake = shards[: intake or len(shards)]
+        self.window_s = settings["monitor"]["window_s"]
+        self.prices = CostSettings.model_validate(settings["cost"])
+        self._turn = itertools.count(random.randrange(len(self.intake)))
+
+    def record(self, outcomes: list[dict]) -> Any:
+        return self.intake[next(self._turn) % len(self.intake)].record.remote(outcomes)
+
+    async def _merged(self, since: float, until: float | None = None, key: tuple[str, str] | None = None) -> Monitor:
+        shares = await asyncio.gather(*(shard.export.remote(since, until, key) for shard in self.shards))
+        return Monitor.merged(shares, self.window_s, self.prices)
+
+    async def window(self, agent: str, version: str, since: float, until: float | None = None) -> dict:
+        if len(self.shards) == 1:
+            return await self.shards[0].window.remote(agent, version, since, until)
+        return (await self._merged(since, until, (agent, version))).window(agent, version, since, until)
+
+    async def stats(self) -> dict:
+        if len(self.shards) == 1:
+            return await self.shards[0].stats.remote()
+        return (await self._merged(time.time() - self.window_s)).stats()
+
+    async def prometheus(self) -> bytes:
+        if len(self.shards) == 1:
+            return await self.shards[0].prometheus.remote()
+        return (await self._merged(time.time() - self.window_s)).prometheus()
+
+    async def drift_report(self) -> dict:
+        if len(self.shards) == 1:
+            return await self.shards[0].drift_report.remote()
+        return (await self._merged(time.time())).drift_report()
+
+
+SHARDED = (AuditShards, MonitorShards)
+
+
+def control_actors(config: OrchestraConfig, storage_uri: str, app_name: str = "baton") -> dict[str, Any]:
+    """Get the shared actors, creating each on first use (every replica calls this); the
+    audit and monitor entries are their shards as one (``AuditShards``, ``MonitorShards``)."""
     actors = {
-        AUDIT: _named(AuditActor, AUDIT, storage_uri, config.audit.model_dump(), review_policies(config)),
-        MONITOR: _named(MonitorActor, MONITOR, storage_uri, monitoring),
+        AUDIT: audit_writers(config, storage_uri),
+        MONITOR: monitor_shards(config, storage_uri),
         TRAFFIC: _named(TrafficActor, TRAFFIC, storage_uri, initial_traffic(config), traffic_fingerprint(config)),
     }
     # The controller reaches the others by name, so it comes last.
@@ -528,13 +661,14 @@ class ControlPlane:
     def in_process(cls, config: OrchestraConfig, storage_uri: str) -> ControlPlane:
         """Without Ray: no rollout controller (it deploys through Serve)."""
         traffic = TrafficActor(storage_uri, initial_traffic(config), traffic_fingerprint(config))
-        monitoring = {"monitor": config.monitor.model_dump(), "drift": config.drift.model_dump(), "cost": config.cost.model_dump()}
         audit = AuditActor(storage_uri, config.audit.model_dump(), review_policies(config))
-        return cls(MonitorActor(storage_uri, monitoring), audit, traffic, remote=False)
+        return cls(MonitorActor(storage_uri, monitoring_settings(config)), audit, traffic, remote=False)
 
     async def call(self, target: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         if target is None:
             raise Unavailable("the rollout controller runs only on a Ray cluster", retry_after_s=60)
+        if isinstance(target, SHARDED):
+            return await getattr(target, method)(*args, **kwargs)
         if self.remote:
             return await getattr(target, method).remote(*args, **kwargs)
         return getattr(target, method)(*args, **kwargs)
@@ -547,13 +681,12 @@ class ControlPlane:
 
     def sink(self, target: Any, method: str):
         """A reporter's sink: the actor method, called with a batch of records."""
+        if isinstance(target, SHARDED):
+            return getattr(target, method)
         return getattr(target, method).remote if self.remote else getattr(target, method)
 
 
 def flush_audit() -> int:
-    """Write what the audit actor buffers (before a shutdown); 0 if it is not running."""
-    try:
-        actor = ray.get_actor(AUDIT, namespace=NAMESPACE)
-    except ValueError:
-        return 0
-    return ray.get(actor.flush.remote(), timeout=60)
+    """Write what the audit writers buffer (before a shutdown); 0 if none is running."""
+    writers = _existing_audit_writers()
+    return sum(ray.get([writer.flush.remote() for writer in writers], timeout=60))

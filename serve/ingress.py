@@ -103,7 +103,7 @@ class Gateway:
         reporting = config.reporter
         kwargs = dict(max_batch=reporting.max_batch, interval_s=reporting.interval_s, max_buffer=reporting.max_buffer)
         self.monitor_reporter = BufferedReporter(control.sink(control.monitor, "record"), name="monitor", **kwargs)
-        self.audit_reporter = BufferedReporter(control.sink(control.audit, "write"), name="audit", **kwargs)
+        self.audit_reporter = BufferedReporter(control.sink(control.audit, "write"), name="audit", **{**kwargs, "max_batch": reporting.audit_max_batch})
         self.dispatcher = Dispatcher(targets, self.traffic, default_timeout_s=config.limits.agent_timeout_s)
         self.dispatcher.shadow = ShadowCopies(
             self.dispatcher.targets, self.traffic, self.monitor_reporter.add, max_in_flight=config.shadow.max_in_flight,

@@ -222,3 +222,55 @@ def test_object_store_path_through_fsspec():
         assert len(audit_files(storage)) == 2
     finally:
         storage.fs.rm(storage.root, recursive=True)
+
+
+class BatchRedactor:
+    """Test double of a redactor with ``many``: hides digits and keeps each batch it got."""
+
+    def __init__(self):
+        self.batches: list[list[str]] = []
+
+    def __call__(self, text: str) -> str:
+        raise AssertionError("a redactor with many() must get the whole batch at once")
+
+    def many(self, texts: list[str]) -> list[str]:
+        self.batches.append(list(texts))
+        return [redact(text) for text in texts]
+
+
+def test_a_batch_redactor_gets_every_string_of_a_write_in_one_call(storage):
+    redactor = BatchRedactor()
+    writer = AuditWriter(storage, batch_size=1_000, flush_interval_s=3_600, redactor=redactor, clock=FakeClock())
+    writer.write([
+        record("r-1", text="call 555-0100", output={"label": "POSITIVE", "echo": ["room 12"]}, metadata={"ref": "A-7"}),
+        record("r-2", text="call 555-0100", output={"label": "POSITIVE"}, trace=[{"step": "n 3"}]),
+    ])
+    writer.flush()
+    assert redactor.batches == [["call 555-0100", "POSITIVE", "room 12", "A-7", "n 3"]]
+    rows = {row["request_id"]: row for row in read_audit(storage)}
+    assert rows["r-1"]["input_text"] == rows["r-2"]["input_text"] == "call ###-####"
+    assert json.loads(rows["r-1"]["output"]) == {"label": "POSITIVE", "echo": ["room ##"]}
+    assert json.loads(rows["r-1"]["metadata"]) == {"ref": "A-#"}
+    assert json.loads(rows["r-2"]["trace"]) == [{"step": "n #"}]
+
+
+def test_a_bad_record_leaves_the_batch_unredacted_and_unbuffered(storage):
+    redactor = BatchRedactor()
+    writer = AuditWriter(storage, batch_size=1_000, flush_interval_s=3_600, redactor=redactor, clock=FakeClock())
+    with pytest.raises(ValueError, match="text"):
+        writer.write([record("r-1", text="fine"), record("r-2", text=42)])
+    assert redactor.batches == [] and writer.buffered == 0
+
+
+def test_files_of_several_writers_merge_on_read(storage):
+    """Audit writers sharded over nodes write files of their own into the same day partitions."""
+    clocks = [FakeClock(), FakeClock()]
+    writers = [AuditWriter(storage, batch_size=1_000, flush_interval_s=3_600, redactor=redact, clock=clock) for clock in clocks]
+    for index in range(6):
+        writers[index % 2].write([record(f"r-{index}", ts=DAY1 + timedelta(seconds=index), text=f"call {index}")])
+    for writer in writers:
+        writer.flush()
+    assert len(audit_files(storage)) == 2
+    rows = read_audit(storage, limit=4)
+    assert [row["request_id"] for row in rows] == ["r-2", "r-3", "r-4", "r-5"]
+    assert [row["input_text"] for row in rows] == ["call #"] * 4

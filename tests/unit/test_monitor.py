@@ -102,6 +102,23 @@ def test_out_of_order_outcomes_are_filtered_by_their_own_time(clock):
     assert monitor.stats()["agents"]["sentiment"]["v1"]["last_minute"]["requests"] == 1
 
 
+def test_late_outcomes_land_in_time_order_within_a_window(clock):
+    monitor = Monitor(window_s=60, clock=clock)
+    for ts, latency in ((990, 1), (995, 2), (980, 3), (999, 4), (985, 5)):
+        monitor.record([outcome(ts, latency_ms=latency)])
+    assert monitor.window("sentiment", "v1", since=984, until=996)["requests"] == 3
+    assert monitor.window("sentiment", "v1", since=980, until=985)["p50_ms"] == 3
+
+
+def test_record_parsed_counts_as_record_does(clock):
+    raw = [outcome(clock.now, latency_ms=ms) for ms in (5, 15, 25)]
+    by_raw, by_parsed = Monitor(clock=clock), Monitor(clock=clock)
+    by_raw.record(raw, batch_id="b-1")
+    by_parsed.record_parsed([parse_outcome(o, clock.now) for o in raw], batch_id="b-1")
+    by_parsed.record_parsed([parse_outcome(o, clock.now) for o in raw], batch_id="b-1")  # a redelivery
+    assert by_parsed.stats() == by_raw.stats()
+
+
 def test_window_is_bounded_by_sample_count(clock):
     monitor = Monitor(max_window_samples=10, clock=clock)
     monitor.record([outcome(clock.now, float(ms)) for ms in range(1, 26)])
@@ -554,3 +571,59 @@ def test_metrics_expose_shadow_agreement_cost_and_drift(clock, storage):
     restarted = samples(Monitor(clock=clock, storage=storage).prometheus())
     assert restarted["baton_cost_cpu_seconds_total", v1] == 2.0
     assert restarted["baton_requests_total", (("agent", "sentiment"), ("status", "200"), ("version", "v1"))] == 2
+
+
+# --- shards: several monitors read as one ---
+
+
+def traffic(clock: FakeClock, batches: int = 12) -> list[list[dict]]:
+    rng = random.Random(3)
+    return [
+        [
+            outcome(clock.now - rng.random() * 90, latency_ms=rng.lognormvariate(3, 0.5), status=503 if rng.random() < 0.1 else 200,
+                    label=rng.choice(("POSITIVE", "NEGATIVE")), cpu_s=0.25)  # exact in binary: sums agree in any order
+            for _ in range(20)
+        ]
+        + [shadow(clock.now - 5, 30.0, 20.0, agreement=rng.random()), feedback(clock.now - 5, correct=rng.random() < 0.5)]
+        for _ in range(batches)
+    ]
+
+
+def test_merged_shards_read_as_one_monitor_that_got_every_outcome(clock, storage):
+    whole = Monitor(clock=clock)
+    shards = [Monitor(clock=clock, storage=storage, shard=index) for index in range(3)]
+    for index, batch in enumerate(traffic(clock)):
+        whole.record(batch)
+        shards[index % 3].record(batch)
+    merged = Monitor.merged([shard.export(clock.now - 60) for shard in shards], window_s=60, clock=clock)
+    assert merged.stats() == whole.stats()
+    assert samples(merged.prometheus()) == pytest.approx(samples(whole.prometheus()))
+    since = clock.now - 80
+    one_version = [shard.export(since, key=("sentiment", "v1")) for shard in shards]
+    assert Monitor.merged(one_version, clock=clock).window("sentiment", "v1", since) == whole.window("sentiment", "v1", since)
+
+
+def test_each_shard_keeps_and_rebuilds_its_own_log(clock, storage):
+    from actors.outcome_log import stored_shards
+
+    assert stored_shards(storage) == 1
+    first, second = Monitor(clock=clock, storage=storage), Monitor(clock=clock, storage=storage, shard=1)
+    first.record([outcome(clock.now)])
+    second.record([outcome(clock.now), outcome(clock.now)])
+    assert stored_shards(storage) == 2
+    assert storage.fs.exists(storage.path("monitor", "shard-1", "outcomes"))
+    rebuilt = [Monitor(clock=clock, storage=storage, shard=index) for index in (0, 1)]
+    assert [m.stats()["agents"]["sentiment"]["v1"]["since_start"]["requests"] for m in rebuilt] == [1, 2]
+
+
+def test_a_merged_window_is_complete_only_where_every_shard_is(clock, storage):
+    Monitor(clock=clock, storage=storage).record([outcome(clock.now)])
+    clock.now += 30
+    restarted = Monitor(clock=clock, storage=storage, settle_s=10)  # in its restart gap for 10 s
+    fresh = Monitor(clock=clock, storage=storage, shard=1)
+    shares = [m.export(clock.now - 60) for m in (restarted, fresh)]
+    assert fresh.window("sentiment", "v1", clock.now - 20)["complete"] is False  # before it first started
+    assert Monitor.merged(shares, clock=clock).window("sentiment", "v1", clock.now - 1)["complete"] is False
+    clock.now += 11
+    shares = [m.export(clock.now - 60) for m in (restarted, fresh)]
+    assert Monitor.merged(shares, clock=clock).window("sentiment", "v1", clock.now - 5)["complete"] is True

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from actors.pii import EntityDetector, PiiRedactor, find_pattern_entities, iban_valid, luhn_valid, redact
+from actors.pii import (
+    CachedRedactor,
+    EntityDetector,
+    PiiRedactor,
+    find_pattern_entities,
+    iban_valid,
+    luhn_valid,
+    redact,
+)
 
 
 def found(text: str, types: list[str] | None = None) -> list[tuple[str, str]]:
@@ -142,3 +150,41 @@ def test_pattern_beats_an_overlapping_name_even_when_its_type_is_not_wanted() ->
         ("URL", "www.JohnSmith.com"),
     ]
     assert EntityDetector(["ORGANIZATION", "PERSON"]).detect([text]) == [[everything[0]]]
+
+
+def test_many_redacts_each_text_as_one_call_does() -> None:
+    redactor = PiiRedactor()
+    texts = ["Tim Cook flew to Paris; reach him at tim@apple.com.", "no personal data here", "call +44 20 7946 0958 now"]
+    assert redactor.many(texts) == [redactor(text) for text in texts]
+
+
+class CountingRedactor:
+    """Test double of PiiRedactor: records each batch it is asked to redact."""
+
+    def __init__(self):
+        self.batches: list[list[str]] = []
+
+    def many(self, texts: list[str]) -> list[str]:
+        self.batches.append(list(texts))
+        return [text.upper() for text in texts]
+
+
+def test_cached_redactor_redacts_only_unseen_texts_once_per_batch() -> None:
+    inner = CountingRedactor()
+    cached = CachedRedactor(inner)
+    assert cached.many(["a", "b", "a"]) == ["A", "B", "A"]
+    assert cached.many(["b", "c"]) == ["B", "C"]
+    assert cached("a") == "A"
+    assert inner.batches == [["a", "b"], ["c"]]
+
+
+def test_cached_redactor_forgets_the_least_recently_used_beyond_its_size() -> None:
+    inner = CountingRedactor()
+    cached = CachedRedactor(inner, maxsize=2)
+    cached.many(["a", "b"])
+    cached("a")  # now b is the least recently used
+    cached("c")
+    cached.many(["a", "b"])
+    assert inner.batches == [["a", "b"], ["c"], ["b"]]
+    with pytest.raises(ValueError, match="maxsize"):
+        CachedRedactor(inner, maxsize=0)
