@@ -49,9 +49,8 @@ def test_an_error_reaches_every_caller_of_the_batch():
         MicroBatcher(broken, max_batch_size=0)
 
 
-def test_requests_arriving_while_a_batch_runs_form_the_next_batch():
-    """Batching by the queue: the lone first request runs at once; the five that arrive while
-    it runs go together, then the batcher is idle again."""
+def first_batch_blocks():
+    """A batch function that records each batch and holds the first one until released."""
     release, calls = threading.Event(), []
 
     def slow(items):
@@ -59,6 +58,14 @@ def test_requests_arriving_while_a_batch_runs_form_the_next_batch():
         if len(calls) == 1:
             release.wait(5)
         return items
+
+    return release, calls, slow
+
+
+def test_requests_arriving_while_a_batch_runs_form_the_next_batch():
+    """Batching by the queue: the lone first request runs at once; the five that arrive while
+    it runs go together, then the batcher is idle again."""
+    release, calls, slow = first_batch_blocks()
 
     async def main():
         batcher = MicroBatcher(slow, max_batch_size=32)
@@ -78,13 +85,7 @@ def test_requests_arriving_while_a_batch_runs_form_the_next_batch():
 
 
 def test_a_caller_that_gave_up_is_left_out_of_the_batch():
-    release, calls = threading.Event(), []
-
-    def slow(items):
-        calls.append(list(items))
-        if len(calls) == 1:
-            release.wait(5)
-        return items
+    release, calls, slow = first_batch_blocks()
 
     async def main():
         batcher = MicroBatcher(slow, max_batch_size=8)
