@@ -4,6 +4,7 @@ capped and with a TTL, on the storage URI (SQLite on a local path, JSON objects 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import sqlite3
@@ -146,9 +147,13 @@ class SqliteSessionStore(SessionStore):
         self._connections_lock = threading.Lock()
         self._closed = False
         self._next_purge = float("-inf")
-        with self._transaction() as db:
-            for statement in _SCHEMA:
-                db.execute(statement)
+        # Two processes opening a new file at once could both try the switch to WAL, and that
+        # switch fails at once on a lock instead of waiting out the busy timeout.
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as setup_lock:
+            fcntl.flock(setup_lock, fcntl.LOCK_EX)
+            with self._transaction() as db:
+                for statement in _SCHEMA:
+                    db.execute(statement)
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
