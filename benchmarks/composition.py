@@ -28,33 +28,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Console
 
 from benchmarks.request_path import (
     BENCH_RATE_LIMIT,
+    CpuMeter,
     DOC,
     REPO,
-    CpuMeter,
-    cpu_model,
     fmt,
     free_port,
-    load_average,
     markdown_table,
-    memory_gib,
-    nproc,
     package,
     render_table,
+    start_run,
     write_section,
 )
 
@@ -456,20 +450,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for name, value in (("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"), ("RAY_USAGE_STATS_ENABLED", "0")):
-        os.environ.setdefault(name, value)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 150))
-    meta = {
-        "command": " ".join(["python -m benchmarks.composition", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(nproc()), "cpu": cpu_model(), "memory": memory_gib(), "load_before": load_average(),
-        "ray": package("ray"), "python": sys.version.split()[0], "torch": package("torch"),
-        "transformers": package("transformers"), "httpx": package("httpx"),
-        "rounds": str(args.rounds), "warmup": str(args.warmup), "streams": str(args.streams),
-        "stream_warmup": str(args.stream_warmup), "max_tokens": str(args.max_tokens),
-    }
+    console, meta = start_run(
+        "benchmarks.composition", argv,
+        torch=package("torch"), transformers=package("transformers"), httpx=package("httpx"),
+        rounds=str(args.rounds), warmup=str(args.warmup), streams=str(args.streams),
+        stream_warmup=str(args.stream_warmup), max_tokens=str(args.max_tokens),
+    )
     console.rule("baton composition and streaming benchmark")
     console.print(f"{meta['nproc']} CPUs ({meta['cpu']}), load average {meta['load_before']}; ray {meta['ray']}")
 

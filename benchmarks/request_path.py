@@ -985,17 +985,46 @@ def _squeeze_blank_lines(lines: list[str]) -> list[str]:
     return out
 
 
-def write_section(section: str, doc: Path = DOC, heading: str = SECTION) -> None:
-    """Replace the section ``heading`` (up to the next ``## `` heading) or append it; keep the rest."""
+def write_section(section: str, doc: Path = DOC, heading: str = SECTION, parent: str | None = None) -> None:
+    """Replace the section ``heading`` (up to the next heading of its level or above); a new one
+    goes at the end of ``parent``'s section (added at the end when missing) or of the file."""
     text = doc.read_text(encoding="utf-8") if doc.exists() else DOC_HEADER
-    pattern = re.compile(rf"^{re.escape(heading)}[ \t]*\n.*?(?=^## |\Z)", re.M | re.S)
     block = section.rstrip("\n") + "\n\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
+    own = _section_pattern(heading)
+    if own.search(text):
+        text = own.sub(lambda _: block, text, count=1)
+    elif parent and (match := _section_pattern(parent).search(text)):
+        text = text[: match.end()].rstrip("\n") + "\n\n" + block + text[match.end():]
     else:
-        text = text.rstrip("\n") + "\n\n" + block
+        text = text.rstrip("\n") + "\n\n" + (f"{parent}\n\n" if parent else "") + block
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+
+
+def _section_pattern(heading: str) -> re.Pattern:
+    level = len(heading) - len(heading.lstrip("#"))
+    return re.compile(rf"^{re.escape(heading)}[ \t]*\n.*?(?=^#{{1,{level}}} |\Z)", re.M | re.S)
+
+
+def start_run(module: str, argv: list[str] | None, **facts: str) -> tuple[Console, dict[str, str]]:
+    """What every benchmark run starts with: the offline environment, a console wide enough
+    for its tables when logged, and the facts its doc section opens with (plus ``facts``)."""
+    for name, value in (("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"), ("RAY_USAGE_STATS_ENABLED", "0")):
+        os.environ.setdefault(name, value)
+    console = Console()
+    if not console.is_terminal:  # piped or logged: wide enough for the tables
+        console = Console(width=max(console.width, 160))
+    meta = {
+        "command": " ".join([f"python -m {module}", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": str(nproc()),
+        "cpu": cpu_model(),
+        "memory": memory_gib(),
+        "load_before": load_average(),
+        "ray": package("ray"),
+        "python": sys.version.split()[0],
+    }
+    return console, meta | facts
 
 
 # -- main ------------------------------------------------------------------------------
@@ -1036,28 +1065,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for name, value in (("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"), ("RAY_USAGE_STATS_ENABLED", "0")):
-        os.environ.setdefault(name, value)
-    console = Console()
-    if not console.is_terminal:  # piped or logged: wide enough for the tables
-        console = Console(width=max(console.width, 150))
-    meta = {
-        "command": " ".join(["python -m benchmarks.request_path", *map(shlex.quote, sys.argv[1:] if argv is None else argv)]),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(nproc()),
-        "cpu": cpu_model(),
-        "memory": memory_gib(),
-        "load_before": load_average(),
-        "ray": package("ray"),
-        "python": sys.version.split()[0],
-        "torch": package("torch"),
-        "st": package("sentence-transformers"),
-        "fastapi": package("fastapi"),
-        "aiohttp": package("aiohttp"),
-        "requests": str(args.requests),
-        "serve_mode": args.serve_mode,
-        "warmup": str(args.warmup),
-    }
+    console, meta = start_run(
+        "benchmarks.request_path", argv,
+        torch=package("torch"), st=package("sentence-transformers"), fastapi=package("fastapi"), aiohttp=package("aiohttp"),
+        requests=str(args.requests), serve_mode=args.serve_mode, warmup=str(args.warmup),
+    )
     console.rule("baton request-path benchmark")
     console.print(f"{meta['nproc']} CPUs ({meta['cpu']}), load average {meta['load_before']}; ray {meta['ray']}")
 
