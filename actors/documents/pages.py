@@ -107,6 +107,29 @@ def text_layers(document: Document, limits: DocumentLimits, pages: Sequence[int]
         return {number: _pdf_text_layer(opened, number, limits) for number in _chosen(pages, count)}
 
 
+def page_documents(document: Document, limits: DocumentLimits, pages: Sequence[int]) -> dict[int, tuple[Document, int]]:
+    """Each chosen page as a document to send to OCR elsewhere, with its number there. A PDF of
+    several pages is cut into one-page PDFs, without rendering (a scan keeps its image as it
+    is), so each OCR call carries its own page's bytes rather than the whole file again.
+    Images go as they are: cutting a TIFF frame out would decode and re-encode it."""
+    media_type = _checked_media_type(document, limits)
+    if media_type != PDF:
+        return {number: (document, number) for number in pages}
+    with _as_validation_failure(), _open_pdf(document.data, media_type) as pdf:
+        count = _checked_page_count(_page_count(pdf), limits)
+        if count == 1:
+            return {number: (document, number) for number in _chosen(pages, count)}
+        return {number: (Document(_one_page_pdf(pdf, number), PDF, document.filename), 1) for number in _chosen(pages, count)}
+
+
+def _one_page_pdf(pdf: pdfium.PdfDocument, number: int) -> bytes:
+    with _closing(pdfium.PdfDocument.new()) as part:
+        part.import_pages(pdf, [number - 1])
+        buffer = io.BytesIO()
+        part.save(buffer)
+    return buffer.getvalue()
+
+
 def _pdf_text_layer(pdf: pdfium.PdfDocument, number: int, limits: DocumentLimits) -> Page | None:
     with _closing(pdf[number - 1]) as page:
         return _text_layer(page, number, limits.pdf_dpi / POINTS_PER_INCH) if page.get_rotation() == 0 else None

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import io
 import time
+from dataclasses import replace
 from typing import Any, ClassVar, Iterator, Literal
 
 from PIL import Image
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from actors.documents.extraction import check_llm_answer, classify_pages, llm_messages, run_mode
 from actors.documents.model import Page
-from actors.documents.pages import count_pages, decode_pages, sniff_media_type, text_layers
+from actors.documents.pages import count_pages, decode_pages, page_documents, sniff_media_type, text_layers
 from actors.documents.schema import Query, compile_query
 from actors.invocation import Document, Invocation, StreamItem
 from actors.specialists.base import Specialist, package_version
@@ -117,20 +118,21 @@ class DocumentsSpecialist(Specialist):
 
     def _read_pages(self, document: Document, numbers: list[int], invocation: Invocation) -> list[Page]:
         """Text-layer pages as they are; the others through OCR, in this replica or, when the
-        ocr agent is connected, one call per page, all at once."""
+        ocr agent is connected, one call per page (carrying only that page where it can), all at once."""
         if self._ocr is not None:
             return [self._ocr.read_page(image) for image in decode_pages(document, self.params.limits, numbers)]
         read = text_layers(document, self.params.limits, numbers)
         scanned = [n for n in numbers if read[n] is None]
+        parts = page_documents(document, self.params.limits, scanned) if scanned else {}
         deadline = self._page_deadline(invocation)
         calls = [
-            (self.params.ocr_agent, invocation.derive(document=document, options={"pages": [n]}, deadline=deadline, stream=False))
-            for n in scanned
+            (self.params.ocr_agent, invocation.derive(document=part, options={"pages": [number_in_part]}, deadline=deadline, stream=False))
+            for part, number_in_part in (parts[n] for n in scanned)
         ]
         for number, called in zip(scanned, self.peers.invoke_all(calls) if calls else []):
             if not called.ok:
                 raise called.error
-            [read[number]] = [Page.from_dict(page) for page in called.result.output["pages"]]
+            [read[number]] = [replace(Page.from_dict(page), number=number) for page in called.result.output["pages"]]
         return [read[n] for n in numbers]
 
     def _page_deadline(self, invocation: Invocation) -> float:

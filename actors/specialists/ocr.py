@@ -1,5 +1,6 @@
 """OCR of document pages with RapidOCR (PP-OCRv6 on onnxruntime) or a system tesseract:
-lines with word boxes in reading order; pages with a PDF text layer pass through unread."""
+lines with word boxes in reading order; pages with a PDF text layer pass through unread. A
+page alone in the replica is read across its cores; overlapping pages are read side by side."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import io
 import shutil
 import subprocess
 import threading
-from typing import Annotated, Any, ClassVar, Iterator, Literal, Protocol, Sequence
+from contextlib import contextmanager
+from typing import Annotated, Any, Callable, ClassVar, Iterator, Literal, Protocol, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -32,7 +34,22 @@ class OcrParams(BaseModel):
         "rapidocr", description="OCR engine: rapidocr (bundled models) or tesseract (needs the tesseract binary on PATH)."
     )
     threads: int | None = Field(
-        None, ge=1, le=256, description="CPU threads one page's inference may use; None lets onnxruntime use every core."
+        None, ge=1, le=256,
+        description="CPU threads a page's inference may use when it is the only page the replica is reading; None lets onnxruntime use every core.",
+    )
+    spin: bool = Field(
+        True,
+        description=(
+            "Let onnxruntime's threads spin between operators while a page is read on several: a little faster on "
+            "idle cores, slower and costlier where other processes share them (a replica's usual lot)."
+        ),
+    )
+    side_by_side: int = Field(
+        1, ge=1, le=64,
+        description=(
+            "Pages the replica reads at once while several wait, each on a single-threaded engine of its own "
+            "(the cores the replica may use); 1 reads one page at a time with 'threads' threads."
+        ),
     )
     limits: DocumentLimits = Field(default_factory=DocumentLimits, description="Size, page and pixel limits of a document.")
 
@@ -64,10 +81,14 @@ class OcrSpecialist(Specialist):
         return f"{package_version('rapidocr')} ({RAPID_OCR_VERSION} {RAPID_MODEL_TYPE} det/rec, {package_version('onnxruntime')})"
 
     def _load(self) -> None:
+        self._engines = EngineSet.build(self._engine_factory(), self.params.threads, self.params.side_by_side)
+
+    def _engine_factory(self) -> Callable[[int | None], Engine]:
         if self.params.engine == "tesseract":
-            self._engine: Engine = TesseractEngine(self.params.limits.page_timeout_s)
-        else:
-            self._engine = RapidOcrEngine(self.params.threads)
+            timeout_s = self.params.limits.page_timeout_s
+            return lambda threads: TesseractEngine(timeout_s)
+        spin = self.params.spin
+        return lambda threads: RapidOcrEngine(threads, spin)
 
     def _predict(self, texts: list[str], options: list[Any]) -> list[dict]:
         raise ValidationFailed("the ocr agent reads a document; the request carries text")
@@ -79,7 +100,8 @@ class OcrSpecialist(Specialist):
         if image.pixels is None:
             raise ValueError(f"page {image.number} has neither pixels nor a text layer")
         self.load()
-        lines, slopes = self._engine.lines(image.pixels)
+        with self._engines.engine() as engine:
+            lines, slopes = engine.lines(image.pixels)
         height, width = image.pixels.shape[:2]
         return Page(number=image.number, width=width, height=height, lines=reading_order(lines, slopes), source="ocr")
 
@@ -99,11 +121,73 @@ class OcrSpecialist(Specialist):
         return None, (sum(scores) / len(scores) if scores else None)
 
 
+class EngineSet:
+    """A replica's OCR engines. A page alone in the replica gets the wide engine, whose
+    operators spread over the cores; pages that overlap get single-threaded engines, side by
+    side (a small model's operators scale poorly across cores, whole pages do). Wide and narrow
+    never run at once, so the replica never runs more threads than one of the two kinds asks."""
+
+    def __init__(self, wide: Engine, narrow: Sequence[Engine] = ()):
+        self._wide, self._free = wide, list(narrow)
+        self._narrow_count = len(self._free)
+        self._changed = threading.Condition()
+        self._in_flight = 0  # pages waiting for an engine or being read
+        self._wide_busy = False
+
+    @classmethod
+    def build(cls, make: Callable[[int | None], Engine], threads: int | None, side_by_side: int) -> EngineSet:
+        """One engine with ``threads`` threads, plus ``side_by_side`` single-threaded ones when more than one."""
+        narrow = [make(1) for _ in range(side_by_side)] if side_by_side > 1 else []
+        return cls(make(threads), narrow)
+
+    @contextmanager
+    def engine(self) -> Iterator[Engine]:
+        """The engine this page may use now; waits while the others hold the cores."""
+        with self._changed:
+            self._in_flight += 1
+            try:
+                self._changed.wait_for(self._can_take)
+            except BaseException:
+                self._leave()
+                raise
+            engine = self._take()
+        try:
+            yield engine
+        finally:
+            with self._changed:
+                if engine is self._wide:
+                    self._wide_busy = False
+                else:
+                    self._free.append(engine)
+                self._leave()
+
+    def _can_take(self) -> bool:
+        if self._wide_busy:
+            return False
+        if self._alone():
+            return True
+        return bool(self._free)
+
+    def _alone(self) -> bool:
+        """Read on the wide engine: no narrow ones, or this page is the only one in flight."""
+        return not self._narrow_count or (self._in_flight == 1 and len(self._free) == self._narrow_count)
+
+    def _take(self) -> Engine:
+        if self._alone():
+            self._wide_busy = True
+            return self._wide
+        return self._free.pop()
+
+    def _leave(self) -> None:
+        self._in_flight -= 1
+        self._changed.notify_all()
+
+
 # ---- rapidocr ----
 
 
 class RapidOcrEngine:
-    def __init__(self, threads: int | None):
+    def __init__(self, threads: int | None, spin: bool = True):
         from rapidocr import ModelType, OCRVersion, RapidOCR  # heavy (cv2, omegaconf); only when used
 
         settings: dict[str, Any] = {
@@ -121,8 +205,12 @@ class RapidOcrEngine:
         # shared objects, so concurrent pages could see each other's state.
         self._lock = threading.Lock()
         # rapidocr opens its models on first use; one small page here moves that cost (and any
-        # broken model file) to load time instead of the first request.
-        self.lines(_warm_up_page())
+        # broken model file) to load time instead of the first request, and opens them with
+        # this engine's spinning setting.
+        with _onnxruntime_spinning(spin):
+            self.lines(_warm_up_page())
+        if None in (self._ocr.text_det, self._ocr.text_cls, self._ocr.text_rec):
+            raise ConfigError("rapidocr did not open its detection, angle and recognition models on the warm-up page")
 
     def lines(self, pixels: np.ndarray) -> tuple[list[Line], list[float]]:
         bgr = np.ascontiguousarray(pixels[:, :, ::-1])  # PaddleOCR models were trained on BGR
@@ -133,6 +221,33 @@ class RapidOcrEngine:
         words = _aligned_words(output.txts, output.word_results)
         lines = [_line(*detection) for detection in zip(output.txts, output.boxes, output.scores, words)]
         return lines, _slopes(output.boxes)
+
+
+_SESSION_OPTIONS = threading.Lock()
+
+
+@contextmanager
+def _onnxruntime_spinning(allowed: bool) -> Iterator[None]:
+    """rapidocr builds its onnxruntime sessions itself, with no setting for spinning threads: its
+    SessionOptions factory is wrapped while one engine opens its models (one engine at a time)."""
+    from rapidocr.inference_engine.onnxruntime.main import OrtInferSession
+
+    with _SESSION_OPTIONS:
+        if allowed:
+            yield
+            return
+        original = OrtInferSession.__dict__["_init_sess_opts"]
+
+        def without_spinning(cfg: Any) -> Any:
+            options = original.__func__(cfg)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            return options
+
+        OrtInferSession._init_sess_opts = staticmethod(without_spinning)
+        try:
+            yield
+        finally:
+            OrtInferSession._init_sess_opts = original
 
 
 def _line(text: str, polygon: Any, score: float, words: tuple[Word, ...]) -> Line:

@@ -43,10 +43,11 @@ class OcrDouble:
     streams = False
 
     def __init__(self, fail: BatonError | None = None):
-        self.fail, self.pages, self.active, self.peak = fail, [], 0, 0
+        self.fail, self.pages, self.documents, self.active, self.peak = fail, [], [], 0, 0
 
     async def call(self, invocation: Invocation):
         self.pages.append(invocation.options["pages"])
+        self.documents.append(invocation.document)
         self.active += 1
         self.peak = max(self.peak, self.active)
         await asyncio.sleep(0.05)
@@ -119,6 +120,25 @@ def test_every_page_goes_to_the_ocr_agent_at_once():
     assert fields == {"company": "KEDAI MAJU TRADING SDN BHD", "date": "2018-12-25", "total": 9.0}
     assert output["source"]["media_type"] == "image/tiff" and output["source"]["read"][0] == {"page": 1, "source": "ocr"}
     assert "TOTAL" in output["text"]
+
+
+def scanned_pdf(pages: int) -> Document:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    for _ in range(pages):
+        pdf.add_page()
+        pdf.image(Image.new("RGB", (300, 200), "white"), x=10, y=10, w=150)
+    return Document(bytes(pdf.output()), "application/pdf", "scan.pdf")
+
+
+def test_each_scanned_pdf_page_travels_alone_and_keeps_its_number():
+    ocr, whole = OcrDouble(), scanned_pdf(3)
+    output = run(specialist_with(ocr), whole, query=QUERY, pages=[3, 2])
+    assert ocr.pages == [[1], [1]]  # page 1 of a one-page PDF each
+    assert all(len(sent.data) < len(whole.data) for sent in ocr.documents)
+    assert [r["page"] for r in output["results"]] == [3, 2]
+    assert output["source"]["read"] == [{"page": 3, "source": "ocr"}, {"page": 2, "source": "ocr"}]
 
 
 def test_only_the_asked_pages_are_read():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from actors.documents.model import Line, Page, PageImage, Word
 from actors.documents.pages import decode_pages
 from actors.invocation import Document, Invocation, drain
 from actors.specialists import ocr
-from actors.specialists.ocr import OcrSpecialist
+from actors.specialists.ocr import OcrParams, OcrSpecialist
 from cluster.config import DocumentLimits
 from cluster.errors import ConfigError, ValidationFailed
 
@@ -48,8 +50,11 @@ def text_pdf() -> bytes:
 
 
 class SpyEngine:
-    def __init__(self, *args):
-        self.calls = 0
+    made: list[SpyEngine] = []
+
+    def __init__(self, threads: int | None = None, spin: bool = True):
+        self.threads, self.spin, self.calls = threads, spin, 0
+        SpyEngine.made.append(self)
 
     def lines(self, pixels: np.ndarray) -> tuple[list[Line], list[float]]:
         self.calls += 1
@@ -59,6 +64,7 @@ class SpyEngine:
 @pytest.fixture
 def spied(monkeypatch) -> OcrSpecialist:
     monkeypatch.setattr(ocr, "RapidOcrEngine", SpyEngine)
+    SpyEngine.made = []
     return OcrSpecialist()
 
 
@@ -101,7 +107,40 @@ def test_a_blank_page_has_no_lines(specialist):
 
 @pytest.mark.slow
 def test_the_thread_count_reaches_onnxruntime(specialist):
-    assert specialist._engine._ocr.cfg.EngineConfig.onnxruntime.intra_op_num_threads == 2
+    assert specialist._engines._wide._ocr.cfg.EngineConfig.onnxruntime.intra_op_num_threads == 2
+
+
+def spinning(engine: ocr.RapidOcrEngine) -> list[str | None]:
+    """Each of the engine's sessions' allow_spinning entry (None: onnxruntime's default, spinning)."""
+    entries = []
+    for stage in (engine._ocr.text_det, engine._ocr.text_cls, engine._ocr.text_rec):
+        options = stage.session.session.get_session_options()
+        try:
+            entries.append(options.get_session_config_entry("session.intra_op.allow_spinning"))
+        except RuntimeError:  # no such entry
+            entries.append(None)
+    return entries
+
+
+@pytest.mark.slow
+def test_spinning_can_be_turned_off_for_an_engine_and_only_for_it(specialist):
+    still = ocr.RapidOcrEngine(2, spin=False)
+    assert spinning(still) == ["0", "0", "0"]
+    assert spinning(specialist._engines._wide) == [None, None, None]
+    assert spinning(ocr.RapidOcrEngine(2)) == [None, None, None]  # the wrapper is gone once the models are open
+    assert OcrParams().spin is True
+
+
+@pytest.mark.slow
+def test_side_by_side_engines_are_single_threaded_and_read_alike(specialist):
+    reader = OcrSpecialist({"side_by_side": 2})
+    reader.load()
+    narrow = reader._engines._free
+    assert [engine._ocr.cfg.EngineConfig.onnxruntime.intra_op_num_threads for engine in narrow] == [1, 1]
+    assert reader._engines._wide._ocr.cfg.EngineConfig.onnxruntime.intra_op_num_threads == -1  # onnxruntime's default
+    page = drawn_page([(40, 40, "INVOICE 4711"), (40, 200, "TOTAL DUE")])
+    expected = [line.text for line in specialist.read_page(page).lines]
+    assert [line.text for line in narrow[0].lines(page.pixels)[0]] == expected
 
 
 @pytest.mark.slow
@@ -134,9 +173,10 @@ def test_a_text_layer_page_passes_through_without_ocr(spied):
     result = drain(spied.stream(Invocation(document=Document(text_pdf(), "application/pdf"))))
     [page] = result.output["pages"]
     assert page["source"] == "text_layer" and page["lines"][0]["text"] == "A page whose text layer makes OCR needless"
-    assert spied._engine.calls == 0
+    [engine] = SpyEngine.made
+    assert engine.calls == 0
     spied.read_page(PageImage(number=1, width=4, height=4, pixels=np.zeros((4, 4, 3), np.uint8)))
-    assert spied._engine.calls == 1
+    assert engine.calls == 1
 
 
 def test_text_input_and_unknown_options_are_refused(spied):
@@ -207,3 +247,101 @@ def test_tesseract_slopes_go_through_word_centres():
     words = tuple(Word(str(i), (100 * i, 4 * i, 100 * i + 50, 4 * i + 20), 0.9) for i in range(4))
     lines = [Line("0 1 2 3", (0, 0, 350, 32), 0.9, words), Line("0 1", (0, 0, 150, 24), 0.9, words[:2])]
     assert ocr._word_slopes(lines) == pytest.approx([0.04, 0.04])
+
+
+# ---- the replica's engines: a lone page across the cores, overlapping pages side by side ----
+
+
+class GatedEngine:
+    """A test double: reads a page only when the test opens its gate, and logs who ran with whom."""
+
+    def __init__(self, name: str, log: list, running: set, lock: threading.Lock):
+        self.name, self.log, self.running, self.lock = name, log, running, lock
+        self.gate = threading.Event()
+
+    def lines(self, pixels: np.ndarray) -> tuple[list[Line], list[float]]:
+        with self.lock:
+            self.running.add(self.name)
+            self.log.append(frozenset(self.running))
+        self.gate.wait(timeout=10)
+        with self.lock:
+            self.running.discard(self.name)
+        return [], []
+
+
+@pytest.fixture
+def engines():
+    log, running, lock = [], set(), threading.Lock()
+    wide = GatedEngine("wide", log, running, lock)
+    narrow = [GatedEngine(f"narrow{i}", log, running, lock) for i in range(2)]
+    return ocr.EngineSet(wide, narrow), wide, narrow, log
+
+
+def read_in_thread(engine_set: ocr.EngineSet, used: list) -> threading.Thread:
+    def read() -> None:
+        with engine_set.engine() as engine:
+            used.append(engine.name)
+            engine.lines(np.zeros((1, 1, 3), np.uint8))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_a_lone_page_gets_the_wide_engine(engines):
+    engine_set, wide, _, _ = engines
+    wide.gate.set()
+    used = []
+    read_in_thread(engine_set, used).join(5)
+    read_in_thread(engine_set, used).join(5)
+    assert used == ["wide", "wide"]
+
+
+def test_overlapping_pages_run_side_by_side_and_never_beside_the_wide_engine(engines):
+    engine_set, wide, narrow, log = engines
+    used: list[str] = []
+    first = read_in_thread(engine_set, used)
+    wait_until(lambda: used == ["wide"])
+    others = [read_in_thread(engine_set, used) for _ in range(3)]
+    time.sleep(0.1)
+    assert used == ["wide"]  # the three wait: the wide engine holds the cores
+    wide.gate.set()
+    first.join(5)
+    wait_until(lambda: len(used) == 3)
+    assert sorted(used[1:]) == ["narrow0", "narrow1"]  # three in flight: two side by side, the third waits
+    narrow[0].gate.set()  # one side-by-side page ends while the other still runs
+    wait_until(lambda: len(used) == 4)
+    assert used[3] == "narrow0"  # it overlaps the running page, so it stays single-threaded
+    narrow[1].gate.set()
+    for thread in others:
+        thread.join(5)
+    assert max(len(running) for running in log) == 2
+    assert not any("wide" in running and len(running) > 1 for running in log)
+
+
+def test_a_page_that_fails_gives_its_engine_back(engines):
+    engine_set, wide, _, _ = engines
+    with pytest.raises(RuntimeError), engine_set.engine():
+        raise RuntimeError("broken page")
+    wide.gate.set()
+    used: list[str] = []
+    read_in_thread(engine_set, used).join(5)
+    assert used == ["wide"]
+
+
+def test_side_by_side_builds_single_threaded_engines_beside_the_wide_one(monkeypatch):
+    monkeypatch.setattr(ocr, "RapidOcrEngine", SpyEngine)
+    SpyEngine.made = []
+    OcrSpecialist({"threads": 2, "side_by_side": 3, "spin": False}).load()
+    assert [engine.threads for engine in SpyEngine.made] == [1, 1, 1, 2]
+    assert {engine.spin for engine in SpyEngine.made} == {False}
+    SpyEngine.made = []
+    OcrSpecialist({"threads": 2}).load()
+    assert [engine.threads for engine in SpyEngine.made] == [2]  # the default: one engine, one page at a time

@@ -16,7 +16,7 @@ from fpdf import FPDF
 from PIL import Image
 
 from actors.documents.model import Line
-from actors.documents.pages import count_pages, decode_pages, reading_order, sniff_media_type
+from actors.documents.pages import count_pages, decode_pages, page_documents, reading_order, sniff_media_type
 from actors.invocation import Document
 from cluster.config import DocumentLimits
 from cluster.errors import BatonError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
@@ -151,6 +151,38 @@ def test_pdf_without_text_is_rendered_at_the_configured_dpi():
     assert page.pixels[0, 0].tolist() == [255, 255, 255]
     red = page.pixels[300, 500]  # inside the image placed at 20 mm, 100 mm wide
     assert red[0] > 150 and red[1] < 80
+
+
+def striped_pdf(pages: int) -> bytes:
+    """A scanned-looking PDF whose page n carries an image n stripes wide (told apart once rendered)."""
+    pdf = FPDF()
+    for n in range(1, pages + 1):
+        pdf.add_page()
+        picture = Image.new("RGB", (300, 100), "white")
+        picture.paste((0, 0, 0), (0, 0, 20 * n, 100))
+        pdf.image(picture, x=0, y=0, w=150)
+    return bytes(pdf.output())
+
+
+def test_each_page_of_a_multi_page_pdf_goes_to_ocr_as_a_pdf_of_its_own():
+    whole = document(striped_pdf(3))
+    parts = page_documents(whole, LIMITS, [3, 1])
+    assert sorted(parts) == [1, 3]
+    for number, (part, number_in_part) in parts.items():
+        assert number_in_part == 1 and part.media_type == "application/pdf" and part.filename == "upload"
+        assert count_pages(part, LIMITS) == 1 and len(part.data) < len(whole.data)
+        [cut] = decode_pages(part, LIMITS)
+        [original] = decode_pages(whole, LIMITS, [number])
+        assert np.array_equal(cut.pixels, original.pixels)  # the same page, rendered alike
+
+
+def test_images_and_one_page_pdfs_go_to_ocr_as_they_are():
+    tiff = document(encoded(Image.new("RGB", (40, 30), "white"), "TIFF", save_all=True, append_images=[Image.new("RGB", (40, 30))]))
+    assert page_documents(tiff, LIMITS, [2]) == {2: (tiff, 2)}
+    single = document(image_pdf(1))
+    assert page_documents(single, LIMITS, [1]) == {1: (single, 1)}
+    with pytest.raises(ValidationFailed, match="no page 4"):
+        page_documents(document(image_pdf(3)), LIMITS, [4])
 
 
 def test_declared_type_is_ignored_for_the_magic_bytes():
