@@ -282,5 +282,5 @@ def build_router(config: OrchestraConfig, storage_uri: str, torch_threads: int |
         from actors.classifier_io import open_classifier
 
         classifier = open_classifier(config.router.classifier.model, storage_uri)
-    embedder = Embedder(config.router.model_path, torch_threads)
+    embedder = Embedder(config.router.model_path, torch_threads, backend=config.router.embedding_backend)
     return SemanticRouter([a for a in config.agents if a.routable], config.router, embedder, classifier=classifier)

