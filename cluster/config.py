@@ -441,13 +441,16 @@ class RolloutSettings(Strict):
 
 class AdmissionSettings(Strict):
     """Load shedding in each ingress replica (actors/admission.py): past capacity a request is
-    refused early with 503 overloaded and Retry-After instead of waiting out its deadline."""
+    refused early with 503 overloaded and Retry-After instead of waiting out its deadline. With
+    ingress.max_ongoing_requests = max_concurrent + max_queue, requests beyond wait in the Serve
+    proxy's short queue (ingress.max_queued_requests) and the rest are refused there, which costs
+    far less CPU than a refusal in the replica (docs/benchmarks.md, "Overload")."""
 
     enabled: bool = Field(True, description="Shed load in the ingress; false lets every request in (it may then wait until it times out).")
     max_concurrent: int = Field(
         32, ge=1, description="Agent requests (route, invoke, pipelines, extract, chat) one ingress replica runs at once."
     )
-    max_queue: int = Field(32, ge=0, description="Requests that may wait for a slot per ingress replica; more are refused at once.")
+    max_queue: int = Field(4, ge=0, description="Requests that may wait for a slot per ingress replica; more are refused at once.")
     max_queue_wait_s: float = Field(
         0.5, ge=0, description="Longest a request waits for a slot (never past its deadline); one that would wait longer is refused at once."
     )
@@ -457,10 +460,13 @@ class AdmissionSettings(Strict):
 class IngressSettings(Strict):
     autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings, description="Ingress replicas.")
     resources: ResourceSettings = Field(default_factory=ResourceSettings, description="Per-replica resources.")
-    max_ongoing_requests: int = Field(64, ge=1, description="Requests one ingress replica handles at once.")
+    max_ongoing_requests: int = Field(
+        36, ge=1,
+        description="Requests one ingress replica handles at once: admission.max_concurrent + max_queue; raise it for many long streams (each holds one until it ends).",
+    )
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings, description="Load shedding in each ingress replica.")
     max_queued_requests: int = Field(
-        64, ge=1, description="Requests the Serve proxy holds while every ingress replica is at max_ongoing_requests; more get 503 overloaded at once."
+        16, ge=1, description="Requests the Serve proxy holds while every ingress replica is at max_ongoing_requests; more get 503 overloaded at once."
     )
     retry_after_s: float = Field(1.0, ge=1, description="Retry-After of the Serve proxy's own 503 overloaded (its queue above is full).")
 

@@ -10,6 +10,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from actors.admission import AdmissionGate, admission_gate
 from actors.dispatcher import Called
 from actors.invocation import Chunk
 from cluster.errors import BatonError, NotFound, PayloadTooLarge
@@ -47,6 +49,8 @@ DOCUMENT_ID = r"^[0-9a-f]{32}$"
 # The agent behind POST /v1/extract (API.md §5).
 EXTRACT_AGENT = "documents"
 UNAUDITED = ("/healthz", "/metrics", "/docs", "/openapi.json", "/redoc", "/review")
+# The paths that run agents, and so are shed past capacity; health, metrics, listings and admin never are.
+SHED = re.compile(r"^/v1/(route|extract|chat/completions|agents/[^/]+/invoke|pipelines/[^/]+)$")
 
 
 class ErrorDetail(BaseModel):
@@ -98,6 +102,7 @@ def create_app(gate: Gateway) -> FastAPI:
         responses=documented_errors(),
     )
     mount_offline_docs(app)
+    admission = admission_gate(gate.config.ingress.admission)
 
     def require(role: str):
         async def dependency(request: Request) -> Principal:
@@ -125,7 +130,8 @@ def create_app(gate: Gateway) -> FastAPI:
         try:
             check_body_size(request, gate.body_limit(request.url.path))
             treat_body_as_json(request)
-            response = await call_next(request)
+            async with admitted(admission, request, gate.config.limits.agent_timeout_s):
+                response = await call_next(request)
         except Exception as error:  # includes errors raised while the body streams in
             baton_error = to_baton_error(error)
             request.state.error = f"{baton_error.code}: {baton_error.message}"
@@ -456,6 +462,14 @@ async def _report_after(body: AsyncIterator[bytes], gate: Gateway, request: Requ
             yield part
     finally:
         gate.report(request, status, started, wall_start)
+
+
+def admitted(admission: AdmissionGate | None, request: Request, timeout_s: float):
+    """A slot of the replica's admission gate for a request that runs an agent (503 overloaded
+    when refused), held until the handler returns (for a stream: until its first item)."""
+    if admission is None or request.method != "POST" or not SHED.match(request.url.path):
+        return nullcontext()
+    return admission.slot(time.monotonic() + timeout_s)
 
 
 def treat_body_as_json(request: Request) -> None:

@@ -156,6 +156,10 @@ def ingress_options(config: OrchestraConfig) -> dict[str, Any]:
     return {
         "autoscaling_config": config.ingress.autoscaling.model_dump(exclude_none=True),
         "max_ongoing_requests": config.ingress.max_ongoing_requests,
+        # Requests beyond the replicas' slots wait in the Serve proxy: bounded, answered 503
+        # with Retry-After when full (serve/proxy.py gives that answer API.md's error shape).
+        "max_queued_requests": config.ingress.max_queued_requests,
+        "backpressure_config": {"status_code": 503, "retry_after_s": config.ingress.retry_after_s},
         "ray_actor_options": _actor_options(config.ingress.resources),
     }
 

@@ -24,6 +24,8 @@ from cluster.errors import (
 logger = logging.getLogger(__name__)
 
 SERVE_UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
+# How the Serve proxy's own back-pressure answer begins (ray.serve.exceptions.BackPressureError).
+SERVE_BACKPRESSURE_TEXT = "Request dropped due to backpressure"
 _BODY_NOT_OBJECT = {"json_invalid", "missing", "model_attributes_type", "dict_type"}
 
 
@@ -57,10 +59,18 @@ def from_http_exception(error: StarletteHTTPException) -> BatonError:
 def from_serve_error(error: Exception) -> BatonError | None:
     """Serve's own back-pressure and availability errors, as our 503s."""
     if isinstance(error, BackPressureError):
-        return Overloaded("the agent's queue is full; retry shortly", retry_after_s=1)
+        return Overloaded("the agent's queue is full; retry shortly", retry_after_s=getattr(error, "retry_after_s", None) or 1)
     if isinstance(error, (DeploymentUnavailableError, ReplicaUnavailableError)):
         return Unavailable("the agent is not ready; retry shortly", retry_after_s=2)
     return None
+
+
+def from_proxy_answer(text: str, retry_after_s: float | None) -> BatonError:
+    """The Serve proxy's own plain-text 503: its queue for the ingress is full (back-pressure,
+    ``ingress.max_queued_requests``), or no ingress replica can take the request."""
+    if text.startswith(SERVE_BACKPRESSURE_TEXT):
+        return Overloaded("baton is at capacity: the queue for the ingress is full; retry later", retry_after_s=retry_after_s or 1)
+    return Unavailable("baton is not ready; retry shortly", retry_after_s=retry_after_s or 2)
 
 
 def to_baton_error(error: Exception) -> BatonError:
