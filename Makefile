@@ -4,11 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: up down test test-unit bench bench-composition bench-training bench-documents install clean chromium prometheus
+.PHONY: up down test test-unit bench bench-composition bench-training bench-documents bench-load install clean chromium prometheus
 
 install: $(STAMP)
 
@@ -58,9 +59,20 @@ bench-composition: $(STAMP)
 bench-training: $(STAMP)
 	$(BIN)/python -m benchmarks.training
 
-# Needs `make up`: the document pipeline as a Ray job beside OCR alone on the same receipts.
+# POST /v1/extract against OCR alone on the same receipts, on a cluster of its own (no `make up`).
+# The pipeline as a Ray job against `make up`: .venv/bin/python -m benchmarks.documents --dir ../shared/datasets/sroie-dev
 bench-documents: $(STAMP)
-	$(BIN)/python -m benchmarks.documents --dir ../shared/datasets/sroie-dev
+	$(BIN)/python -m benchmarks.documents_path --dir ../shared/datasets/sroie-dev --limit 20
+
+# locust (the `bench` extra), installed on first use: `make install` and CI do without it.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+# Needs `make up`: locust's mixed load (route, invoke, supervisor, stream, extract), 16 users
+# for 60 s; appends "### Mixed load (locust)" to docs/benchmarks.md. More: LOAD_ARGS='--users 32'.
+bench-load: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.load $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
