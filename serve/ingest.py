@@ -154,9 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     urls = list_documents(args.uri)
     print(f"ingesting {len(urls)} documents from {args.uri} through pipeline {args.pipeline!r}", flush=True)
     ray.init(address="auto", log_to_driver=False)
-    pipeline = application_pipeline(config, args.pipeline, storage.uri)
-    ingest = Ingest(pipeline, DocumentStore(storage), config.limits.documents.timeout_s, args.concurrency)
-    summary = asyncio.run(ingest.run(urls))
+
+    async def ingest_all() -> dict:
+        # Made on the loop that awaits them: in Serve's throughput-optimized mode a handle routes
+        # on the event loop it was made on, and a driver has none outside this one.
+        pipeline = application_pipeline(config, args.pipeline, storage.uri)
+        return await Ingest(pipeline, DocumentStore(storage), config.limits.documents.timeout_s, args.concurrency).run(urls)
+
+    summary = asyncio.run(ingest_all())
     print(f"ingested {summary['ingested']}, skipped {summary['skipped']} already stored, failed {summary['failed']}: "
           f"{summary['pages']} pages in {summary['seconds']} s, {summary['pages_per_s']} pages/s", flush=True)
     print(json.dumps(summary), flush=True)

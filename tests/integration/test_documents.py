@@ -207,9 +207,12 @@ def test_batch_ingest_runs_the_pipeline_and_resumes(client, test_config, storage
     urls = list_documents(str(tmp_path))
     assert [Path(u).name for u in urls] == ["003.jpg", "004.jpg"]
 
-    def ingest() -> dict:
+    async def ingest_on_a_loop() -> dict:
         run = Ingest(application_pipeline(test_config, "document-intake", storage_uri), DocumentStore(Storage(storage_uri)), 60, concurrency=2)
-        return asyncio.run(run.run(urls, out=io.StringIO()))
+        return await run.run(urls, out=io.StringIO())
+
+    def ingest() -> dict:
+        return asyncio.run(ingest_on_a_loop())
 
     first = ingest()
     assert (first["ingested"], first["skipped"], first["failed"], first["pages"]) == (2, 0, 0, 2)
