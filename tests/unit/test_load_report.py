@@ -1,7 +1,8 @@
 """benchmarks/load.py: locust's CSV as the Markdown table of docs/benchmarks.md, and the section
 written in place of the old one without touching the rest of the file."""
 
-from benchmarks.load import HEADING, markdown_table, write_section
+from benchmarks.load import HEADING, PARENT, markdown_table
+from benchmarks.request_path import write_section
 
 HEADER = (
     "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
@@ -58,7 +59,7 @@ def test_failures_are_listed_by_kind_with_the_error_unwrapped():
 def test_the_section_replaces_its_old_text_and_keeps_the_rest(tmp_path):
     doc = tmp_path / "benchmarks.md"
     doc.write_text(f"# Benchmarks\n\n## Load\n\n{HEADING}\n\nold table\n\n### Shedding\n\nkept\n\n## Training\n\nkept too\n")
-    write_section(f"{HEADING}\n\nnew table\n", doc)
+    write_section(f"{HEADING}\n\nnew table\n", doc, heading=HEADING, parent=PARENT)
     text = doc.read_text()
     assert "old table" not in text and text.count(HEADING) == 1
     assert text.index("new table") < text.index("### Shedding") < text.index("## Training")
@@ -68,10 +69,10 @@ def test_the_section_replaces_its_old_text_and_keeps_the_rest(tmp_path):
 def test_a_missing_section_goes_at_the_end_of_load_or_under_a_new_load_heading(tmp_path):
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## Load\n\n### Shedding\n\nkept\n\n## Training\n\nkept too\n")
-    write_section(f"{HEADING}\n\ntable\n", doc)
+    write_section(f"{HEADING}\n\ntable\n", doc, heading=HEADING, parent=PARENT)
     text = doc.read_text()
     assert text.index("### Shedding") < text.index(HEADING) < text.index("## Training")
     other = tmp_path / "other.md"
     other.write_text("# Benchmarks\n\n## Training\n\nkept\n")
-    write_section(f"{HEADING}\n\ntable\n", other)
+    write_section(f"{HEADING}\n\ntable\n", other, heading=HEADING, parent=PARENT)
     assert other.read_text() == f"# Benchmarks\n\n## Training\n\nkept\n\n## Load\n\n{HEADING}\n\ntable\n"
