@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cluster.errors import ConfigError
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+# A Kubernetes object name (RFC 1123 label), short enough for the suffixes KubeRay adds.
+K8S_NAME_PATTERN = r"^[a-z]([a-z0-9-]{0,40}[a-z0-9])?$"
 # Agent kinds that compose other agents in the ingress instead of serving a model.
 COMPOSITE_KINDS = frozenset({"supervisor"})
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
@@ -543,6 +545,53 @@ class HttpSettings(Strict):
     request_timeout_s: float = Field(60.0, gt=0, description="Serve proxy's end-to-end request timeout.")
 
 
+class WorkerGroupSettings(Strict):
+    """One autoscaled worker group of the RayCluster that `baton k8s render` writes."""
+
+    name: str = Field(..., pattern=K8S_NAME_PATTERN, description="Group name (groupName in KubeRay).")
+    min_replicas: int = Field(0, ge=0, description="Worker pods the autoscaler keeps at least.")
+    max_replicas: int = Field(4, ge=1, description="Worker pods the autoscaler may start at most.")
+    cpu: str = Field("4", description="CPU request and limit of each pod (a Kubernetes quantity).")
+    memory: str = Field("16Gi", description="Memory request and limit of each pod (a Kubernetes quantity).")
+    gpus: int = Field(0, ge=0, description="NVIDIA GPUs per pod (nvidia.com/gpu); 0 for none.")
+    neuron_cores: int = Field(0, ge=0, description="AWS Neuron devices per pod (aws.amazon.com/neuron, Trainium/Inferentia); 0 for none.")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> WorkerGroupSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"worker group {self.name!r}: min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        return self
+
+
+def _default_worker_groups() -> list[WorkerGroupSettings]:
+    return [
+        WorkerGroupSettings(name="cpu", min_replicas=1, max_replicas=8),
+        WorkerGroupSettings(name="gpu", min_replicas=0, max_replicas=2, cpu="8", memory="32Gi", gpus=1),
+        WorkerGroupSettings(name="trainium", min_replicas=0, max_replicas=2, cpu="8", memory="32Gi", neuron_cores=1),
+    ]
+
+
+class KubernetesSettings(Strict):
+    """What `baton k8s render` writes for KubeRay: names, the image, the head and the worker groups."""
+
+    name: str = Field("baton", pattern=K8S_NAME_PATTERN, description="Name of the RayService, RayCluster and RayJob (the RayJob adds -finetune).")
+    namespace: str = Field("baton", pattern=K8S_NAME_PATTERN, description="Kubernetes namespace of the manifests.")
+    image: str = Field(
+        "baton:latest", min_length=1,
+        description="Container image with Ray 2.60, this repository at /app and its venv installed (make install); every pod runs it.",
+    )
+    ray_version: str = Field("2.60.0", description="Ray version of the image (rayVersion in KubeRay).")
+    head_cpu: str = Field("2", description="CPU of the head pod (a Kubernetes quantity); it runs no replicas.")
+    head_memory: str = Field("8Gi", description="Memory of the head pod (a Kubernetes quantity).")
+    idle_timeout_s: int = Field(120, ge=1, description="Seconds a worker pod stays idle before the autoscaler removes it.")
+    worker_groups: list[WorkerGroupSettings] = Field(
+        default_factory=_default_worker_groups, min_length=1, description="Autoscaled worker groups: CPU, GPU and Trainium by default."
+    )
+    finetune_recipe: str = Field(
+        "configs/train/sst2_sentiment.yaml", description="Recipe the RayJob runs with python -m train.finetune (a path in the image)."
+    )
+
+
 class OrchestraConfig(Strict):
     storage: str = Field(".baton", description="Storage URI: a local path (relative to the config's repo) or s3://bucket/prefix.")
     http: HttpSettings = Field(default_factory=HttpSettings, description="HTTP front door.")
@@ -563,6 +612,7 @@ class OrchestraConfig(Strict):
     shadow: ShadowSettings = Field(default_factory=ShadowSettings, description="Shadow traffic.")
     drift: DriftSettings = Field(default_factory=DriftSettings, description="Drift detection against each model's reference profile.")
     cost: CostSettings = Field(default_factory=CostSettings, description="Prices for the cost report.")
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings, description="KubeRay manifests (baton k8s render).")
 
     @field_validator("agents")
     @classmethod

@@ -238,12 +238,32 @@ def _app_args(config: OrchestraConfig, config_path: str | Path, base_dir: str | 
     return args
 
 
+def _image_args(config_path: str | Path, base_dir: str | Path, environment: str | None, image_root: str) -> dict[str, Any]:
+    """build_app's args inside an image whose repository lies at ``image_root``."""
+    def in_image(path: str | Path) -> str:
+        relative = Path(path).resolve().relative_to(Path(base_dir).resolve())
+        return f"{image_root.rstrip('/')}/{relative.as_posix()}"
+
+    args: dict[str, Any] = {"config": in_image(config_path), "base_dir": image_root}
+    if environment is not None:
+        args["environment"] = in_image(environment) if environment.endswith(OVERLAY_SUFFIXES) else environment
+    return args
+
+
 def serve_config(
-    config_path: str | Path, base_dir: str | Path, working_dir: str | None = None, environment: str | None = None
+    config_path: str | Path,
+    base_dir: str | Path,
+    working_dir: str | None = None,
+    environment: str | None = None,
+    image_root: str | None = None,
 ) -> dict[str, Any]:
-    """The ``serve deploy`` file for an orchestra in an environment: same deployments, options spelled out."""
+    """The ``serve deploy`` file for an orchestra in an environment: same deployments, options
+    spelled out. With ``image_root`` (where the repository lies in a container image), paths
+    point there and the deploy is not pinned to this checkout's commit and registry aliases:
+    the image carries the code, and the cluster resolves aliases on its own storage."""
     config = load(config_path, environment, base_dir)
-    config = pin_models(config, resolve_storage_uri(config, base_dir))
+    if image_root is None:
+        config = pin_models(config, resolve_storage_uri(config, base_dir))
     deployments = [{"name": INGRESS, **ingress_options(config)}]
     for agent in (a for a in config.agents if not a.composite):
         for version in agent.versions:
@@ -263,7 +283,8 @@ def serve_config(
                 "name": APP_NAME,
                 "route_prefix": "/",
                 "import_path": "serve.builder:build_app",
-                "args": _app_args(config, config_path, base_dir, environment),
+                "args": _app_args(config, config_path, base_dir, environment) if image_root is None
+                else _image_args(config_path, base_dir, environment, image_root),
                 "runtime_env": runtime_env,
                 "deployments": deployments,
             }

@@ -205,6 +205,31 @@ def serve_config(
     yaml.safe_dump(deployed, sys.stdout, sort_keys=False)
 
 
+# -- kubernetes -------------------------------------------------------------------------
+
+k8s_app = typer.Typer(help="KubeRay manifests for running the orchestra on Kubernetes.", no_args_is_help=True)
+
+
+@k8s_app.command("render")
+def k8s_render(
+    config_path: Path = ConfigOption,
+    environment: Optional[str] = EnvOption,
+    out: Path = typer.Option(Path("cluster/k8s"), "--out", "-o", help="Folder the manifests are written to."),
+) -> None:
+    """Write a RayService (the Serve app), a RayCluster (CPU, GPU and Trainium worker groups,
+    autoscaled) and a RayJob (fine-tuning) for the orchestra; settings: its `kubernetes:` section."""
+    from serve.k8s import render, write
+
+    config = _load(config_path, environment)
+    if not config.storage.startswith("s3://"):
+        console.print(
+            f"[yellow]warning:[/] storage {config.storage!r} is a path inside each pod, so pods do not share the registry, "
+            "audit log or sessions; set `storage: s3://bucket/prefix` (or an environment overlay) for a real cluster"
+        )
+    for path in write(render(config_path, Path.cwd(), selected_environment(environment)), out):
+        print(path)
+
+
 # -- router eval ------------------------------------------------------------------------
 
 router_app = typer.Typer(help="Evaluate the semantic router offline.", no_args_is_help=True)
@@ -410,4 +435,5 @@ def register(root: typer.Typer) -> None:
     root.add_typer(router_app, name="router")
     root.add_typer(audit_app, name="audit")
     root.add_typer(keys_app, name="keys")
+    root.add_typer(k8s_app, name="k8s")
 
