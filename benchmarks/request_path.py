@@ -427,7 +427,7 @@ def in_process_objects(config, storage_uri: str):
 def noop_application():
     from ray import serve
 
-    @serve.deployment(name=NOOP_DEPLOYMENT, ray_actor_options={"num_cpus": 0.1})
+    @serve.deployment(name=NOOP_DEPLOYMENT, ray_actor_options={"num_cpus": 0.01})
     class NoOp:
         async def __call__(self, request) -> dict:
             return {"ok": True}
@@ -440,12 +440,12 @@ def two_hop_application():
     DeploymentHandle call to a second one."""
     from ray import serve
 
-    @serve.deployment(name="NoOpInner", ray_actor_options={"num_cpus": 0.1})
+    @serve.deployment(name="NoOpInner", ray_actor_options={"num_cpus": 0.01})
     class NoOpInner:
         async def __call__(self, body) -> dict:
             return {"ok": True}
 
-    @serve.deployment(name="NoOpOuter", ray_actor_options={"num_cpus": 0.1})
+    @serve.deployment(name="NoOpOuter", ray_actor_options={"num_cpus": 0.01})
     class NoOpOuter:
         def __init__(self, inner):
             self.inner = inner
@@ -464,12 +464,12 @@ def fastapi_two_hop_application():
 
     app = FastAPI()
 
-    @serve.deployment(name="FastApiInner", ray_actor_options={"num_cpus": 0.1})
+    @serve.deployment(name="FastApiInner", ray_actor_options={"num_cpus": 0.01})
     class FastApiInner:
         async def __call__(self, body) -> dict:
             return {"ok": True}
 
-    @serve.deployment(name="FastApiOuter", ray_actor_options={"num_cpus": 0.1})
+    @serve.deployment(name="FastApiOuter", ray_actor_options={"num_cpus": 0.01})
     @serve.ingress(app)
     class FastApiOuter:
         def __init__(self, inner):
