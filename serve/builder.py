@@ -36,10 +36,10 @@ INGRESS = "Ingress"
 RUNTIME_ENV_VARS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 # The part of Ray Serve's throughput-optimized mode that keeps its Python proxy: user code and
 # handle routing on each replica's own event loop (no thread hop per request or per handle
-# call), gRPC between processes, buffered request logs. 13% lower p50 and 14% more throughput on
-# /v1/route (docs/benchmarks.md, "Request path"). Its HAProxy front is left out: it answers its own
-# errors as a bare 500 and binds fixed ports and paths per host. A driver that uses handles must
-# make them on the event loop that awaits them (serve/ingest.py).
+# call), gRPC between processes, buffered request logs: 9% lower p50 and 24% more throughput on
+# /v1/route than Serve's defaults (docs/benchmarks.md, "Request path: Serve modes"). Its HAProxy
+# front is left out: it answers its own errors as a bare 500 and binds fixed ports and paths per
+# host. A driver that uses handles must make them on the event loop that awaits them (serve/ingest.py).
 SERVE_TUNING_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
