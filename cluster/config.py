@@ -481,7 +481,11 @@ class RateLimitSettings(Strict):
 class AuthSettings(Strict):
     anonymous_metrics: bool = Field(False, description="Serve /metrics without a key, for Prometheus scrapers.")
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings, description="Per-key rate limit.")
-    key_cache_s: float = Field(2.0, ge=0, description="Least seconds between re-reads of the key store on an unknown key.")
+    key_refresh_s: float = Field(
+        1.0, gt=0, le=60,
+        description="Seconds between each ingress replica's rereads of changed keys: a revocation or expiry made elsewhere holds "
+        "within it. Also how long a key found unknown is remembered as unknown (a new key works at once: it is looked up by hash).",
+    )
 
 
 class AuditSettings(Strict):

@@ -46,6 +46,7 @@ from serve.uploads import document_from_payload, is_multipart, json_object, read
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 DOCUMENT_ID = r"^[0-9a-f]{32}$"
+KEY_ID = r"^key_[0-9a-f]{16}$"
 # The agent behind POST /v1/extract (API.md §5).
 EXTRACT_AGENT = "documents"
 UNAUDITED = ("/healthz", "/metrics", "/docs", "/openapi.json", "/redoc", "/review")
@@ -65,8 +66,8 @@ class ErrorBody(BaseModel):
 
 _ERROR_TEXT = {
     400: "Body is not JSON, or not an object.",
-    401: "API key missing or unknown.",
-    403: "Key valid, role insufficient.",
+    401: "API key missing, unknown, revoked or expired.",
+    403: "Key valid, its role or scope insufficient.",
     404: "Unknown agent, version, model or pipeline.",
     409: "Conflict with the current state.",
     413: "Body or document over the configured limit.",
@@ -106,7 +107,7 @@ def create_app(gate: Gateway) -> FastAPI:
 
     def require(role: str):
         async def dependency(request: Request) -> Principal:
-            return gate.authorize(request, role)
+            return await gate.authorize(request, role)
 
         return dependency
 
@@ -198,6 +199,7 @@ def create_app(gate: Gateway) -> FastAPI:
         started = time.perf_counter()
         if name not in gate.pipeline_names():
             raise NotFound(f"pipeline {name!r} does not exist (pipelines: {gate.pipeline_names()})")
+        gate.check_scope(request, pipeline=name)
         invocation = await text_or_document(gate, request)
         note(request, agent=name, routed_by="direct", version="v1")
         return await answer(gate, request, name, invocation, {"request_id": request_id_of(request), "pipeline": name}, started, "v1")
@@ -263,7 +265,15 @@ def create_app(gate: Gateway) -> FastAPI:
 
     @app.post("/v1/admin/keys", status_code=201, summary="Create an API key (shown once; stored hashed).")
     async def create_key(request: Request, body: KeyBody, _: Principal = admin_key) -> dict:
-        return gate.create_key(request, body)
+        return await gate.create_key(request, body)
+
+    @app.get("/v1/admin/keys", summary="Every API key: id, name, role, scope, expiry, revocation (never the key or its hash).")
+    async def list_keys(_: Principal = admin_key) -> dict:
+        return await gate.list_keys()
+
+    @app.delete("/v1/admin/keys/{key_id}", summary="Revoke an API key (every replica refuses it within auth.key_refresh_s).")
+    async def revoke_key(request: Request, key_id: str = FastApiPath(..., pattern=KEY_ID), _: Principal = admin_key) -> dict:
+        return await gate.revoke_key(request, key_id)
 
     @app.get("/v1/admin/models", summary="Registered models with their versions and aliases.")
     async def list_models(_: Principal = admin_key) -> dict:
@@ -288,7 +298,7 @@ def create_app(gate: Gateway) -> FastAPI:
     @app.get("/metrics", summary="Prometheus metrics.", responses={200: {"content": {"text/plain": {}}}})
     async def metrics(request: Request) -> Response:
         if not gate.config.auth.anonymous_metrics:
-            gate.authorize(request, "admin")
+            await gate.authorize(request, "admin")
         payload = await gate.prometheus()
         return Response(payload, media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -401,14 +401,26 @@ keys_app = typer.Typer(help="Manage API keys (stored hashed).", no_args_is_help=
 def keys_create(
     role: str = typer.Option(..., help="invoke, review or admin"),
     name: str = typer.Option(..., help="Who the key is for."),
+    expires: Optional[datetime] = typer.Option(
+        None, formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"], help="When the key stops working (2027-01-31 is midnight UTC)."
+    ),
+    agent: Optional[list[str]] = typer.Option(None, "--agent", help="The only agents the key may use (repeat); default: all."),
+    pipeline: Optional[list[str]] = typer.Option(None, "--pipeline", help="The only pipelines the key may run (repeat); default: all."),
     config_path: Path = ConfigOption,
 ) -> None:
     """Create a key and print it once (audited as admin.keys.create, like POST /v1/admin/keys)."""
     from actors.audit import cli_principal, write_operator_action
 
-    storage = _storage(_load(config_path))
+    config = _load(config_path)
+    storage = _storage(config)
     try:
-        key, principal = KeyStore(storage).create(role, name)
+        unknown = sorted(set(agent or ()) - set(config.agent_names())) + sorted(set(pipeline or ()) - {p.name for p in config.pipelines})
+        if unknown:
+            raise ValueError(f"agents/pipelines {unknown} are not in {config_path}")
+        expires_at = expires.replace(tzinfo=expires.tzinfo or timezone.utc) if expires else None
+        if expires_at is not None and expires_at <= datetime.now(timezone.utc):
+            raise ValueError(f"--expires {expires_at.isoformat()} is not in the future")
+        key, principal = KeyStore(storage).create(role, name, expires_at=expires_at, agents=agent or None, pipelines=pipeline or None)
     except ValueError as error:
         write_operator_action(
             storage, cli_principal(), "admin.keys.create", status=422, error=f"validation_error: {error}",
@@ -417,6 +429,32 @@ def keys_create(
         raise ConfigError(str(error)) from None
     _audit_key_created(storage, principal)
     print(json.dumps({"key": key, "id": principal.key_id, "role": role, "name": name}))
+
+
+@keys_app.command("list")
+def keys_list(config_path: Path = ConfigOption) -> None:
+    """Every key: id, name, role, scope, expiry and revocation (never the key or its hash)."""
+    keys = KeyStore(_storage(_load(config_path))).list()
+    table = Table("id", "name", "role", "created", "expires", "revoked", "agents", "pipelines")
+    for key in keys:
+        scope = [", ".join(key[name]) if key[name] else "all" for name in ("agents", "pipelines")]
+        table.add_row(key["id"], key["name"], key["role"], key["created_at"][:19], (key["expires_at"] or "never")[:19],
+                      (key["revoked_at"] or "")[:19], *scope)
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="The key's id (key_...), from `baton keys list`."), config_path: Path = ConfigOption) -> None:
+    """Revoke a key: every ingress replica refuses it within auth.key_refresh_s (audited as admin.keys.revoke)."""
+    from actors.audit import cli_principal, write_operator_action
+
+    storage = _storage(_load(config_path))
+    try:
+        revoked = KeyStore(storage).revoke(key_id)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    write_operator_action(storage, cli_principal(), "admin.keys.revoke", before=None, after={"id": key_id, "revoked_at": revoked["revoked_at"]})
+    print(json.dumps(revoked))
 
 
 def _audit_key_created(storage: Storage, principal: Principal, **extra: str) -> None:

@@ -37,7 +37,7 @@ from actors.sessions import SessionLimits, SessionStore, open_session_store
 from actors.traffic import TrafficTable
 from cluster.config import OrchestraConfig
 from cluster.errors import Forbidden, NotFound, RateLimited, Unauthorized, ValidationFailed
-from cluster.keys import KeyStore, Principal
+from cluster.keys import KeyStore, Principal, hash_key
 from cluster.registry import ModelRegistry
 from cluster.storage import Storage
 from serve import control as control_module
@@ -131,8 +131,8 @@ class Gateway:
     def for_replica(cls, config: dict, storage_uri: str, handles: dict[str, dict[str, DeploymentHandle]]) -> Gateway:
         """The Gateway of one Serve ingress replica: Ray actors, Serve handles, the shared stores."""
         settings = OrchestraConfig.model_validate(config)
-        keys = KeyStore(Storage(storage_uri), refresh_s=settings.auth.key_cache_s)
-        keys.reload()
+        keys = KeyStore(Storage(storage_uri), refresh_s=settings.auth.key_refresh_s)
+        keys.refresh()
         return cls(
             settings,
             keys=keys,
@@ -188,7 +188,17 @@ class Gateway:
             return
         self.monitor_reporter.start()
         self.audit_reporter.start()
-        self._background.append(asyncio.get_running_loop().create_task(self._follow_traffic()))
+        loop = asyncio.get_running_loop()
+        self._background += [loop.create_task(self._follow_traffic()), loop.create_task(self._follow_keys())]
+
+    async def _follow_keys(self) -> None:
+        """Adopt key changes made elsewhere (revocations, new expiries) within ``auth.key_refresh_s``."""
+        while True:
+            await asyncio.sleep(self.keys.refresh_s)
+            try:
+                await asyncio.to_thread(self.keys.refresh)
+            except Exception:  # storage hiccup: keep the keys known so far, try again next time
+                logger.warning("key store unreadable; keeping the keys known so far", exc_info=True)
 
     async def _follow_traffic(self) -> None:
         """Adopt weight changes made through other ingress replicas."""
@@ -229,15 +239,21 @@ class Gateway:
 
     # -- auth -------------------------------------------------------------------------
 
-    def authorize(self, request: Request, role: str) -> Principal:
+    async def authorize(self, request: Request, role: str) -> Principal:
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-        principal = self.keys.verify(key.strip())
+        # A key this replica knows costs a dict lookup; another one a storage read, off the loop.
+        principal = self.keys.cached(hash_key(key.strip())) or await asyncio.to_thread(self.keys.verify, key.strip())
         if principal is None:
             raise Unauthorized("unknown API key")
+        if principal.revoked:
+            raise Unauthorized("this API key was revoked")
+        if principal.expired(time.time()):
+            raise Unauthorized("this API key has expired")
         request.state.principal = principal.key_id
+        request.state.key = principal
         if not principal.allows(role):
             raise Forbidden(f"this key has role {principal.role!r}; the endpoint needs {role!r}")
         wait_s = self.limiter.acquire(principal.key_id, principal.rate_per_s, principal.burst)
@@ -316,9 +332,21 @@ class Gateway:
         await asyncio.to_thread(self.sessions.append, invocation.user_id, invocation.session_id, called.agent, turns)
 
     def pick(self, request: Request, agent: str, invocation: Invocation) -> str:
+        self.check_scope(request, agent=agent)
         version = self.dispatcher.pick(agent, invocation)
         note(request, version=version)
         return version
+
+    @staticmethod
+    def check_scope(request: Request, agent: str | None = None, pipeline: str | None = None) -> None:
+        """A scoped key reaches only its agents and pipelines (the one a request names or is routed to)."""
+        principal: Principal | None = getattr(request.state, "key", None)
+        if principal is None:
+            return
+        if agent is not None and not principal.reaches_agent(agent):
+            raise Forbidden(f"this API key may not use agent {agent!r} (it may use: {sorted(principal.agents or ())})")
+        if pipeline is not None and not principal.runs_pipeline(pipeline):
+            raise Forbidden(f"this API key may not run pipeline {pipeline!r} (it may run: {sorted(principal.pipelines or ())})")
 
     @staticmethod
     def note_outcome(request: Request, called: Called) -> None:
@@ -470,14 +498,28 @@ class Gateway:
         windows = await asyncio.gather(*(self.control.call(self.control.monitor, "window", agent, v, since) for v in versions))
         return dict(zip(versions, windows))
 
-    def create_key(self, request: Request, body: KeyBody) -> dict:
+    async def create_key(self, request: Request, body: KeyBody) -> dict:
+        unknown = sorted(set(body.agents or ()) - set(self.config.agent_names())) + sorted(
+            set(body.pipelines or ()) - set(self.pipeline_names())
+        )
+        if unknown:
+            raise ValidationFailed(f"agents/pipelines: {unknown} are not in this orchestra")
         limit = body.rate_limit
-        key, principal = self.keys.create(
-            body.role, body.name, rate_per_s=limit.requests_per_s if limit else None, burst=limit.burst if limit else None
+        key, principal = await asyncio.to_thread(
+            self.keys.create, body.role, body.name, rate_per_s=limit.requests_per_s if limit else None,
+            burst=limit.burst if limit else None, expires_at=body.expires_at, agents=body.agents, pipelines=body.pipelines,
         )
         after = {"id": principal.key_id, "name": principal.name, "role": principal.role}
         self.note_action(request, "admin.keys.create", after=after)
         return {"key": key, "id": principal.key_id, "role": principal.role, "name": principal.name}
+
+    async def list_keys(self) -> dict:
+        return {"keys": await asyncio.to_thread(self.keys.list)}
+
+    async def revoke_key(self, request: Request, key_id: str) -> dict:
+        revoked = await asyncio.to_thread(self.keys.revoke, key_id)
+        self.note_action(request, "admin.keys.revoke", after={"id": key_id, "revoked_at": revoked["revoked_at"]})
+        return revoked
 
     async def models(self, name: str | None = None) -> dict:
         if name is None:

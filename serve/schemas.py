@@ -3,9 +3,23 @@ descriptions are what the served OpenAPI document shows."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    field_validator,
+)
+
+from cluster.config import NAME_PATTERN
 
 Scalar = StrictStr | StrictInt | StrictFloat | StrictBool
 
@@ -44,6 +58,20 @@ class KeyBody(Body):
     role: Literal["invoke", "review", "admin"] = Field(..., description="What the key may do: invoke agents, review answers, or everything.")
     name: StrictStr = Field(..., min_length=1, max_length=64, description="Who or what the key is for.")
     rate_limit: KeyRateLimit | None = Field(None, description="This key's own rate limit; default: auth.rate_limit.")
+    expires_at: AwareDatetime | None = Field(None, description="When the key stops working (ISO 8601 with a zone); default: never.")
+    agents: list[Annotated[StrictStr, StringConstraints(pattern=NAME_PATTERN)]] | None = Field(
+        None, min_length=1, max_length=256, description="The only agents this key may use (routed to or named); default: all."
+    )
+    pipelines: list[Annotated[StrictStr, StringConstraints(pattern=NAME_PATTERN)]] | None = Field(
+        None, min_length=1, max_length=256, description="The only pipelines this key may run; default: all."
+    )
+
+    @field_validator("expires_at")
+    @classmethod
+    def _in_the_future(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value <= datetime.now(timezone.utc):
+            raise ValueError("must be in the future")
+        return value
 
 
 class ChatMessage(BaseModel):

@@ -178,3 +178,48 @@ def test_auth_and_validation_errors_keep_the_api_shape(http, gateway):
     bad = http.post("/v1/route", json={"text": "x", "stream": "yes"})
     assert bad.status_code == 422 and "stream" in bad.json()["error"]["message"]
     assert http.post("/v1/pipelines/ghost", json={"text": "x"}).status_code == 404
+
+
+def test_keys_are_listed_scoped_revoked_and_expire_through_the_api(http, gateway):
+    created = http.post("/v1/admin/keys", json={"role": "invoke", "name": "weather-bot", "agents": ["weather"], "pipelines": ["chain"]})
+    assert created.status_code == 201, created.text
+    scoped = {"Authorization": f"Bearer {created.json()['key']}"}
+    assert http.post("/v1/agents/weather/invoke", json={"text": "rain?"}, headers=scoped).status_code == 200
+    refused = http.post("/v1/route", json={"text": "what's my account balance"}, headers=scoped)
+    assert refused.status_code == 403 and "banking" in refused.json()["error"]["message"]
+    assert http.post("/v1/pipelines/chain", json={"text": "rain?"}, headers=scoped).status_code == 200
+    unknown = http.post("/v1/admin/keys", json={"role": "invoke", "name": "x", "agents": ["ghost"]})
+    assert unknown.status_code == 422 and "ghost" in unknown.json()["error"]["message"]
+    past = http.post("/v1/admin/keys", json={"role": "invoke", "name": "x", "expires_at": "2020-01-01T00:00:00Z"})
+    assert past.status_code == 422 and "expires_at" in past.json()["error"]["message"]
+
+    listed = http.get("/v1/admin/keys").json()["keys"]
+    mine = next(k for k in listed if k["id"] == created.json()["id"])
+    assert mine["agents"] == ["weather"] and mine["revoked_at"] is None
+    assert all("sha256" not in k and "key" not in k for k in listed)
+
+    revoked = http.delete(f"/v1/admin/keys/{created.json()['id']}")
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+    after = http.post("/v1/agents/weather/invoke", json={"text": "rain?"}, headers=scoped)
+    assert after.status_code == 401 and "revoked" in after.json()["error"]["message"]
+    assert http.delete("/v1/admin/keys/key_0123456789abcdef").status_code == 404
+    assert http.delete("/v1/admin/keys/not-a-key-id").status_code == 422
+
+    soon = http.post("/v1/admin/keys", json={"role": "invoke", "name": "brief", "expires_at": _in_seconds(1.5)}).json()
+    brief = {"Authorization": f"Bearer {soon['key']}"}
+    assert http.post("/v1/agents/weather/invoke", json={"text": "rain?"}, headers=brief).status_code == 200
+    time.sleep(1.6)
+    expired = http.post("/v1/agents/weather/invoke", json={"text": "rain?"}, headers=brief)
+    assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]
+
+    deadline, actions = time.monotonic() + 10, []
+    while time.monotonic() < deadline and "admin.keys.revoke" not in actions:
+        actions = [r["endpoint"] for r in http.get("/v1/admin/audit", params={"limit": 1000}).json()["records"]]
+        time.sleep(0.1)
+    assert "admin.keys.revoke" in actions and actions.count("admin.keys.create") >= 2
+
+
+def _in_seconds(seconds: float) -> str:
+    from datetime import datetime, timedelta, timezone
+
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat()

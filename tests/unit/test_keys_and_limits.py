@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from actors.ratelimit import RateLimiter
+from cluster.errors import NotFound
 from cluster.keys import KeyStore
 from cluster.storage import Storage
 
@@ -32,13 +34,70 @@ def test_keys_are_stored_hashed_and_verify(tmp_path):
     assert principal.allows("invoke") and not principal.allows("admin")
 
 
-def test_a_key_made_elsewhere_becomes_valid_after_refresh(tmp_path):
+def test_a_key_made_elsewhere_is_valid_at_once_without_listing_the_store(tmp_path, monkeypatch):
     clock = FakeClock()
     reader = KeyStore(Storage(str(tmp_path)), refresh_s=2, clock=clock)
-    reader.reload()
+    reader.refresh()
     key, _ = KeyStore(Storage(str(tmp_path))).create("admin", "other-replica")
-    clock.now = 5
+
+    def no_listing(*args, **kwargs):
+        raise AssertionError("the request path listed the key store")
+
+    monkeypatch.setattr(reader.storage.fs, "glob", no_listing)
+    monkeypatch.setattr(reader.storage.fs, "ls", no_listing)
     assert reader.verify(key).role == "admin"
+
+
+def test_an_unknown_key_is_remembered_as_unknown_until_the_refresh_interval(tmp_path, monkeypatch):
+    clock = FakeClock()
+    store = KeyStore(Storage(str(tmp_path)), refresh_s=2, clock=clock)
+    reads = []
+    real_exists = store.storage.exists
+    monkeypatch.setattr(store.storage, "exists", lambda path: reads.append(path) or real_exists(path))
+    assert store.verify("bk_not-a-key") is None and len(reads) == 1
+    assert store.verify("bk_not-a-key") is None and len(reads) == 1  # remembered: no storage read
+    clock.now = 2.5
+    assert store.verify("bk_not-a-key") is None and len(reads) == 2
+
+
+def test_a_revocation_made_elsewhere_holds_after_the_next_refresh(tmp_path):
+    admin, replica = KeyStore(Storage(str(tmp_path))), KeyStore(Storage(str(tmp_path)))
+    key, principal = admin.create("invoke", "svc")
+    assert replica.verify(key) == principal and not principal.revoked
+    revoked = admin.revoke(principal.key_id)
+    assert revoked["revoked_at"] and "sha256" not in revoked
+    assert admin.verify(key).revoked
+    replica.refresh()
+    assert replica.verify(key).revoked
+    again = admin.revoke(principal.key_id)
+    assert again["revoked_at"] == revoked["revoked_at"]  # revoking twice keeps the first time
+
+
+def test_revoking_an_unknown_or_malformed_id_fails(tmp_path):
+    store = KeyStore(Storage(str(tmp_path)))
+    with pytest.raises(NotFound):
+        store.revoke("key_0123456789abcdef")
+    with pytest.raises(ValueError, match="key id"):
+        store.revoke("../auth")
+
+
+def test_keys_list_with_their_scope_and_expiry_and_never_a_hash(tmp_path):
+    store = KeyStore(Storage(str(tmp_path)))
+    expires = datetime.now(timezone.utc) + timedelta(hours=1)
+    key, principal = store.create("invoke", "scoped", expires_at=expires, agents=["sentiment", "language"], pipelines=["doc"])
+    store.create("admin", "ops")
+    listed = store.list()
+    assert sorted(k["name"] for k in listed) == ["ops", "scoped"]
+    scoped = next(k for k in listed if k["name"] == "scoped")
+    assert all("sha256" not in k and key not in json.dumps(k) for k in listed)
+    assert scoped["agents"] == ["language", "sentiment"] and scoped["pipelines"] == ["doc"]
+    assert next(k for k in listed if k["name"] == "ops")["agents"] is None
+    assert principal.reaches_agent("sentiment") and not principal.reaches_agent("pii")
+    assert principal.runs_pipeline("doc") and not principal.runs_pipeline("other")
+    assert not principal.expired(expires.timestamp() - 1) and principal.expired(expires.timestamp())
+    again = KeyStore(Storage(str(tmp_path)))
+    again.refresh()
+    assert again.verify(key) == principal
 
 
 def test_given_key_and_bad_role(tmp_path):
@@ -65,7 +124,7 @@ def test_a_key_can_carry_its_own_limit(tmp_path):
     store = KeyStore(Storage(str(tmp_path)))
     key, principal = store.create("invoke", "slow", rate_per_s=0.5, burst=1)
     reloaded = KeyStore(Storage(str(tmp_path)))
-    reloaded.reload()
+    reloaded.refresh()
     assert reloaded.verify(key) == principal
     limiter = RateLimiter(rate_per_s=100, burst=100, clock=clock)
     assert limiter.acquire(principal.key_id, principal.rate_per_s, principal.burst) == 0.0
