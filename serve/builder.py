@@ -34,18 +34,6 @@ logger = logging.getLogger(__name__)
 APP_NAME = "baton"
 INGRESS = "Ingress"
 RUNTIME_ENV_VARS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-# The part of Ray Serve's throughput-optimized mode that keeps its Python proxy: user code and
-# handle routing on each replica's own event loop (no thread hop per request or per handle
-# call), gRPC between processes, buffered request logs: 9% lower p50 and 24% more throughput on
-# /v1/route than Serve's defaults (docs/benchmarks.md, "Request path: Serve modes"). Its HAProxy
-# front is left out: it answers its own errors as a bare 500 and binds fixed ports and paths per
-# host. A driver that uses handles must make them on the event loop that awaits them (serve/ingest.py).
-SERVE_TUNING_ENV = {
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
-    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-}
 
 
 def load(path: str | Path, environment: str | None = None, base_dir: str | Path | None = None) -> OrchestraConfig:
@@ -293,10 +281,10 @@ def serve_config(
 
 
 def cluster_env(root: str | Path | None = None) -> dict[str, str]:
-    """Environment the Ray head needs for baton: offline models, the proxy middleware, Serve's
-    tuning and, for a local head, the repository root that relative paths in jobs resolve against.
+    """Environment the Ray head needs for baton: offline models, the proxy middleware and,
+    for a local head, the repository root that relative paths in jobs resolve against.
     """
-    env = {**RUNTIME_ENV_VARS, **CALLBACK_ENV, **SERVE_TUNING_ENV}
+    env = {**RUNTIME_ENV_VARS, **CALLBACK_ENV}
     if root is not None:
         env[ROOT_ENV] = str(Path(root).resolve())
     return env
