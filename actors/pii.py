@@ -349,14 +349,15 @@ class PiiRedactor:
 
 class CachedRedactor:
     """A redactor that remembers its last ``maxsize`` answers (outputs repeat the same
-    strings: labels, codes) and redacts what it has not seen in one batch (``many``)."""
+    strings: labels, codes) and redacts what it has not seen in one batch (``many``). It is
+    keyed by each text's sha256, so the cache holds redacted text only, never the raw input."""
 
     def __init__(self, redactor: PiiRedactor, maxsize: int = 50_000):
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
         self._redactor = redactor
         self.maxsize = maxsize
-        self._cache: OrderedDict[str, str] = OrderedDict()
+        self._cache: OrderedDict[bytes, str] = OrderedDict()
         # The audit actor's review offers and its writes may come from different threads.
         self._lock = threading.Lock()
 
@@ -364,15 +365,16 @@ class CachedRedactor:
         return self.many([text])[0]
 
     def many(self, texts: list[str]) -> list[str]:
+        digests = {text: hashlib.sha256(text.encode("utf-8")).digest() for text in texts}
         with self._lock:
-            known = {text: self._cache[text] for text in texts if text in self._cache}
+            known = {text: self._cache[digest] for text, digest in digests.items() if digest in self._cache}
             for text in known:
-                self._cache.move_to_end(text)
-            unseen = [text for text in dict.fromkeys(texts) if text not in known]
+                self._cache.move_to_end(digests[text])
+            unseen = [text for text in digests if text not in known]
             if unseen:
                 known.update(zip(unseen, self._redactor.many(unseen)))
                 for text in unseen:
-                    self._cache[text] = known[text]
+                    self._cache[digests[text]] = known[text]
                 while len(self._cache) > self.maxsize:
                     self._cache.popitem(last=False)
             return [known[text] for text in texts]

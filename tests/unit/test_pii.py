@@ -188,3 +188,13 @@ def test_cached_redactor_forgets_the_least_recently_used_beyond_its_size() -> No
     assert inner.batches == [["a", "b"], ["c"], ["b"]]
     with pytest.raises(ValueError, match="maxsize"):
         CachedRedactor(inner, maxsize=0)
+
+
+def test_the_redaction_cache_keeps_no_raw_text() -> None:
+    raw = "Call Maria Lopez at +44 20 7946 0958 or maria.lopez@example.com"
+    cached = CachedRedactor(PiiRedactor(use_ner=False))
+    redacted = cached(raw)
+    assert "maria.lopez@example.com" not in redacted and cached(raw) == redacted
+    held = [*cached._cache.keys(), *cached._cache.values()]
+    assert all(raw not in str(item) and "maria.lopez@example.com" not in str(item) for item in held)
+    assert all(isinstance(key, bytes) and len(key) == 32 for key in cached._cache)
