@@ -103,6 +103,8 @@ def create_app(gate: Gateway) -> FastAPI:
         responses=documented_errors(),
     )
     mount_offline_docs(app)
+    # Outside the request envelope, so a refusal while the body streams in gets its error shape.
+    app.add_middleware(StreamedBodyLimit, limit_of=gate.body_limit)
     admission = admission_gate(gate.config.ingress.admission)
 
     def require(role: str):
@@ -489,6 +491,31 @@ def treat_body_as_json(request: Request) -> None:
     if request.method in ("POST", "PUT") and "json" not in content_type and not content_type.startswith("multipart/"):
         headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
         request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
+
+
+class StreamedBodyLimit:
+    """Counts a request body's bytes as they arrive and refuses it (413) once past its path's
+    limit: a chunked body, which declares no Content-Length, is stopped early too."""
+
+    def __init__(self, app: Any, limit_of: Any):
+        self.app, self.limit_of = app, limit_of
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, seen = self.limit_of(scope["path"]), 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def check_body_size(request: Request, limit: int) -> None:

@@ -49,6 +49,9 @@ def _short(value: Any) -> str:
 
 
 def from_http_exception(error: StarletteHTTPException) -> BatonError:
+    if isinstance(error.__cause__, BatonError):
+        # FastAPI turns any error while it reads a body into a 400; ours (a body over the limit) keeps its own.
+        return error.__cause__
     if error.status_code == 404:
         return NotFound("no such endpoint")
     if error.status_code == 405:

@@ -223,3 +223,17 @@ def _in_seconds(seconds: float) -> str:
     from datetime import datetime, timedelta, timezone
 
     return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat()
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_it_streams_in(http, gateway):
+    limit = gateway.config.limits.max_body_bytes
+
+    def chunks():
+        for _ in range(limit // 65_536 + 8):
+            yield b" " * 65_536
+
+    response = http.post("/v1/route", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
+    assert "content-length" not in {k.lower() for k in response.request.headers}
+    small = http.post("/v1/route", content=iter([b'{"text": "will it rain ', b'tomorrow?"}']), headers={"Content-Type": "application/json"})
+    assert small.status_code == 200, small.text
