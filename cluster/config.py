@@ -660,6 +660,10 @@ class OrchestraConfig(Strict):
     def agent_names(self) -> list[str]:
         return [a.name for a in self.agents]
 
+    def unknown_scope(self, agents: list[str] | None, pipelines: list[str] | None) -> list[str]:
+        """The names of a key's scope that this orchestra has no agent or pipeline for."""
+        return sorted(set(agents or ()) - set(self.agent_names())) + sorted(set(pipelines or ()) - {p.name for p in self.pipelines})
+
     def agent(self, name: str) -> AgentSettings | None:
         return next((a for a in self.agents if a.name == name), None)
 

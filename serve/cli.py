@@ -414,7 +414,7 @@ def keys_create(
     config = _load(config_path)
     storage = _storage(config)
     try:
-        unknown = sorted(set(agent or ()) - set(config.agent_names())) + sorted(set(pipeline or ()) - {p.name for p in config.pipelines})
+        unknown = config.unknown_scope(agent, pipeline)
         if unknown:
             raise ValueError(f"agents/pipelines {unknown} are not in {config_path}")
         expires_at = expires.replace(tzinfo=expires.tzinfo or timezone.utc) if expires else None

@@ -499,9 +499,7 @@ class Gateway:
         return dict(zip(versions, windows))
 
     async def create_key(self, request: Request, body: KeyBody) -> dict:
-        unknown = sorted(set(body.agents or ()) - set(self.config.agent_names())) + sorted(
-            set(body.pipelines or ()) - set(self.pipeline_names())
-        )
+        unknown = self.config.unknown_scope(body.agents, body.pipelines)
         if unknown:
             raise ValidationFailed(f"agents/pipelines: {unknown} are not in this orchestra")
         limit = body.rate_limit
