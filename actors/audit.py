@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pyarrow as pa
@@ -107,6 +107,27 @@ def _replace_strings(value: Any, redacted: dict[str, str]) -> Any:
     return value
 
 
+RecordKey = tuple[str, str, datetime]
+STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
+
+
+def record_key(record: dict[str, Any]) -> RecordKey:
+    """What makes two audit records the same one: a resent record repeats all three, while a
+    caller reusing an X-Request-ID for a new request gets a new ``ts``."""
+    return (record["request_id"], record["endpoint"], record["ts"])
+
+
+def _input_fields(text: str | None, document_sha256: str | None, redacted: dict[str, str] | None) -> dict[str, Any]:
+    """The input_* columns; the text itself only redacted, and only given ``redacted``."""
+    if text is None:
+        return {"input_sha256": document_sha256, "input_chars": None, "input_text": None}
+    return {
+        "input_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "input_chars": len(text),
+        "input_text": None if redacted is None else redacted[text],
+    }
+
+
 def _to_table(rows: list[dict[str, Any]]) -> pa.Table:
     columns = []
     for column in AUDIT_SCHEMA:
@@ -132,13 +153,20 @@ def _put_atomic(storage: Storage, path: str, data: bytes) -> None:
 
 
 class AuditWriter:
-    """Buffers audit records and writes one Parquet file per UTC day on each flush.
+    """Takes audit records in (``accept``) and writes them, redacted, as one Parquet file per
+    UTC day on each flush.
 
-    ``write`` flushes by itself when ``batch_size`` records wait or ``flush_interval_s`` has
-    passed; if that flush fails the records stay buffered for the next one and ``write``
-    does not raise, since the caller's records were accepted. ``flush``, ``maybe_flush``
-    and ``close`` re-raise write errors, keeping what was not written buffered.
-    A redactor with a ``many`` method gets every string of a ``write`` in one call.
+    A record is known by its ``(request_id, endpoint, ts)``: one seen within ``dedupe_window_s``
+    is taken once, so a reporter may resend a batch whose fate it does not know. With a window,
+    the keys of the files written within it are read back at start, so the dedupe survives a
+    restart. Batches given a ``batch_id`` can be asked after (``status``): pending, or durable
+    once their file is written.
+
+    ``write`` accepts and flushes by itself when ``batch_size`` records wait or
+    ``flush_interval_s`` has passed; if that flush fails the records stay buffered and ``write``
+    does not raise, since the caller's records were accepted. ``flush``, ``maybe_flush`` and
+    ``close`` re-raise write errors, keeping what was not written buffered.
+    A redactor with a ``many`` method gets every string of a flush in one call.
     """
 
     def __init__(
@@ -149,59 +177,116 @@ class AuditWriter:
         flush_interval_s: float = 1.0,
         store_input_text: bool = True,
         redactor: Callable[[str], str] | None = None,
+        dedupe_window_s: float = 0.0,
         clock: Callable[[], float] = time.time,
     ):
         if store_input_text and redactor is None:
             raise ValueError("store_input_text=True needs a redactor: unredacted input must never be written")
-        if batch_size < 1 or flush_interval_s < 0:
-            raise ValueError(f"batch_size must be >= 1 and flush_interval_s >= 0, got {batch_size}, {flush_interval_s}")
+        if batch_size < 1 or flush_interval_s < 0 or dedupe_window_s < 0:
+            raise ValueError(
+                f"batch_size must be >= 1, flush_interval_s and dedupe_window_s >= 0; got {batch_size}, {flush_interval_s}, {dedupe_window_s}"
+            )
         self._storage = storage
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
+        self.dedupe_window_s = dedupe_window_s
         self._redactor = redactor
         self._store_input_text = store_input_text
         self._clock = clock
-        # A timer thread may call maybe_flush while a request thread writes.
+        # Callers add records while a timer thread flushes; the flush lock keeps files in order
+        # without holding up accept() during redaction and the write.
         self._lock = threading.RLock()
-        self._buffer: dict[str, list[pa.Table]] = defaultdict(list)
-        self._buffered = 0
+        self._flush_lock = threading.RLock()
+        self._pending: list[dict[str, Any]] = []
+        self._pending_batches: list[str] = []
+        self._in_flight: list[str] = []
+        self._durable: dict[str, float] = {}
+        self._seen: dict[RecordKey, float] = {}
         self._last_flush = clock()
+        if dedupe_window_s:
+            self._seen.update(dict.fromkeys(recent_keys(storage, clock() - dedupe_window_s), clock()))
 
     @property
     def buffered(self) -> int:
-        return self._buffered
+        return len(self._pending)
+
+    def accept(self, records: list[dict[str, Any]], batch_id: str | None = None) -> list[dict[str, Any]]:
+        """Validate the records and keep the new ones for the next flush; returns those, with
+        ``ts`` as a UTC datetime. One invalid record refuses the whole batch."""
+        stamped = [self._stamped(record) for record in records]
+        _to_table([self._row(record, {}, validate_only=True) for record in stamped])
+        now = self._clock()
+        with self._lock:
+            self._forget_before(now - self.dedupe_window_s)
+            fresh = []
+            for record in stamped:
+                key = record_key(record)
+                if key not in self._seen:
+                    self._seen[key] = now
+                    fresh.append(record)
+            self._pending.extend(fresh)
+            if batch_id is not None:
+                self._pending_batches.append(batch_id)
+        return fresh
+
+    def status(self, batch_ids: list[str]) -> dict[str, str]:
+        """Each batch's fate: ``durable`` (written), ``pending`` (accepted, not yet written) or
+        ``unknown`` (never accepted here, or accepted before a restart and lost)."""
+        with self._lock:
+            pending = set(self._pending_batches) | set(self._in_flight)
+            return {
+                batch_id: "durable" if batch_id in self._durable else "pending" if batch_id in pending else "unknown"
+                for batch_id in batch_ids
+            }
 
     def write(self, records: list[dict[str, Any]]) -> int:
-        for record in records:
-            self._check(record)
-        redacted = self._redact_batch(records)
-        tables = self._tables_by_day([self._row(record, redacted) for record in records])
-        with self._lock:
-            for day, table in tables.items():
-                self._buffer[day].append(table)
-                self._buffered += table.num_rows
-            if self._buffered >= self.batch_size or self._interval_elapsed():
-                self._flush_keeping_errors()
-            return self._buffered
+        """Accept the records and flush if the batch is full or due; returns what stays buffered."""
+        self.accept(records)
+        if self.buffered >= self.batch_size or self._interval_elapsed():
+            self._flush_keeping_errors()
+        return self.buffered
 
     def flush(self) -> int:
-        with self._lock:
-            self._last_flush = self._clock()
-            written = 0
-            for day in sorted(self._buffer):
-                table = pa.concat_tables(self._buffer[day])
-                self._write_file(day, table)
-                del self._buffer[day]
-                self._buffered -= table.num_rows
-                written += table.num_rows
+        with self._flush_lock:
+            with self._lock:
+                self._last_flush = self._clock()
+                records, self._pending = self._pending, []
+                self._in_flight, self._pending_batches = self._pending_batches, []
+            try:
+                written = self._write_records(records)
+            except BaseException:
+                with self._lock:
+                    self._pending[:0] = records
+                    self._pending_batches[:0] = self._in_flight
+                    self._in_flight = []
+                raise
+            with self._lock:
+                now = self._clock()
+                self._durable.update(dict.fromkeys(self._in_flight, now))
+                self._in_flight = []
             return written
 
     def maybe_flush(self) -> int:
-        with self._lock:
-            return self.flush() if self._buffered and self._interval_elapsed() else 0
+        return self.flush() if self.buffered and self._interval_elapsed() else 0
 
     def close(self) -> int:
         return self.flush()
+
+    def _write_records(self, records: list[dict[str, Any]]) -> int:
+        if not records:
+            return 0
+        redacted = self._redact_batch(records)
+        tables = self._tables_by_day([self._row(record, redacted) for record in records])
+        for day in sorted(tables):
+            self._write_file(day, tables[day])
+            # A day written stays written if a later day's file fails: its records leave the retry.
+            records[:] = [record for record in records if record["ts"].date().isoformat() != day]
+        return sum(table.num_rows for table in tables.values())
+
+    def _forget_before(self, horizon: float) -> None:
+        for remembered in (self._seen, self._durable):
+            while remembered and next(iter(remembered.values())) < horizon:
+                del remembered[next(iter(remembered))]
 
     def _interval_elapsed(self) -> bool:
         return self._clock() - self._last_flush >= self.flush_interval_s
@@ -210,10 +295,11 @@ class AuditWriter:
         try:
             self.flush()
         except Exception:
-            logger.warning("audit flush failed; %d records stay buffered for the next flush", self._buffered, exc_info=True)
+            logger.warning("audit flush failed; %d records stay buffered for the next flush", self.buffered, exc_info=True)
 
-    @staticmethod
-    def _check(record: dict[str, Any]) -> None:
+    def _stamped(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record checked, with its ``ts`` as a UTC datetime (now if it has none), which
+        makes it the same record when a reporter resends it."""
         unknown = set(record) - ACCEPTED_KEYS
         if unknown:
             raise ValueError(f"unknown audit field(s) {sorted(unknown)}; accepted: {sorted(ACCEPTED_KEYS)}")
@@ -223,6 +309,8 @@ class AuditWriter:
         text = record.get("text")
         if text is not None and not isinstance(text, str):
             raise ValueError(f"audit field 'text' must be a string, got {type(text).__name__}")
+        ts = record.get("ts")
+        return {**record, "ts": to_utc(self._clock() if ts is None else ts)}
 
     def _redact_batch(self, records: list[dict[str, Any]]) -> dict[str, str]:
         """Every string of the batch that gets written, redacted in one call: NER runs over
@@ -239,24 +327,16 @@ class AuditWriter:
         many = getattr(self._redactor, "many", None)
         return dict(zip(unique, many(unique) if many is not None else map(self._redactor, unique)))
 
-    def _row(self, record: dict[str, Any], redacted: dict[str, str]) -> dict[str, Any]:
+    def _row(self, record: dict[str, Any], redacted: dict[str, str], validate_only: bool = False) -> dict[str, Any]:
+        """The record as a row of AUDIT_SCHEMA; ``validate_only`` leaves strings unredacted and
+        the input text out, for checking types before anything is kept."""
         row = {name: record.get(name) for name in AUDIT_SCHEMA.names}
-        ts = record.get("ts")
-        row["ts"] = to_utc(self._clock() if ts is None else ts)
         row["status_code"] = _status_code(row["status_code"])
         for name in ("output", "metadata", "trace"):
             row[name] = _output_text(_replace_strings(record.get(name), redacted))
-        row.update(self._input_fields(record.get("text"), record.get("input_sha256"), redacted))
+        store_text = self._store_input_text and not validate_only
+        row.update(_input_fields(record.get("text"), record.get("input_sha256"), redacted if store_text else None))
         return row
-
-    def _input_fields(self, text: str | None, document_sha256: str | None, redacted: dict[str, str]) -> dict[str, Any]:
-        if text is None:
-            return {"input_sha256": document_sha256, "input_chars": None, "input_text": None}
-        return {
-            "input_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-            "input_chars": len(text),
-            "input_text": redacted[text] if self._store_input_text else None,
-        }
 
     @staticmethod
     def _tables_by_day(rows: list[dict[str, Any]]) -> dict[str, pa.Table]:
@@ -266,7 +346,7 @@ class AuditWriter:
         return {day: _to_table(day_rows) for day, day_rows in by_day.items()}
 
     def _write_file(self, day: str, table: pa.Table) -> None:
-        stamp = datetime.fromtimestamp(self._clock(), timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.fromtimestamp(self._clock(), timezone.utc).strftime(STAMP_FORMAT)
         # The uuid keeps files of concurrent writers (several replicas, one partition) apart.
         name = f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
         sink = pa.BufferOutputStream()
@@ -340,6 +420,29 @@ def _days_newest_first(storage: Storage, root: str, since: datetime | None, unti
     low = since.date().isoformat() if since else ""
     high = until.date().isoformat() if until else "9999-12-31"
     return [day for day in days if low <= day <= high]
+
+
+def recent_keys(storage: Storage, since: float) -> list[RecordKey]:
+    """The keys of the records in the audit files written at or after ``since`` (epoch seconds),
+    found by the stamp in each file's name; records are filed by their own day, so the
+    partitions from the day before ``since`` on are looked at."""
+    root = storage.path(AUDIT_DIR)
+    if not storage.fs.exists(root):
+        return []
+    moment = datetime.fromtimestamp(since, timezone.utc)
+    floor = f"part-{moment.strftime(STAMP_FORMAT)}"
+    files = [
+        path
+        for day in _days_newest_first(storage, root, moment - timedelta(days=1), None)
+        for path in storage.fs.ls(posixpath.join(root, f"day={day}"), detail=False)
+        if posixpath.basename(path) >= floor and path.endswith(".parquet")
+    ]
+    if not files:
+        return []
+    table = ds.dataset(files, format="parquet", filesystem=storage.fs, schema=AUDIT_SCHEMA).to_table(
+        columns=["request_id", "endpoint", "ts"]
+    )
+    return list(zip(*(table[name].to_pylist() for name in ("request_id", "endpoint", "ts"))))
 
 
 def _row_filter(

@@ -497,6 +497,14 @@ class AuditSettings(Strict):
         1, ge=1, le=64,
         description="Audit writer actors, spread over the nodes; each redacts and writes files of its own, so the rate grows with them.",
     )
+    dedupe_window_s: float = Field(
+        600.0, ge=0,
+        description="How long a record's (request_id, endpoint, ts) is remembered, also across a writer's restart, so a resent record is written once.",
+    )
+    receipt_timeout_s: float = Field(
+        5.0, gt=0,
+        description="Longest an answer waits for an audit writer to hold its record; past it the answer goes and the record stays queued in the replica.",
+    )
 
 
 class MonitorSettings(Strict):

@@ -149,7 +149,7 @@ def create_app(gate: Gateway) -> FastAPI:
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             response.body_iterator = _report_after(response.body_iterator, gate, request, response.status_code, started, wall_start)
         else:
-            gate.report(request, response.status_code, started, wall_start)
+            await gate.report(request, response.status_code, started, wall_start)
         return response
 
     @app.get("/healthz", summary="Liveness: 200 once the application can serve.", responses=documented_errors(500))
@@ -468,12 +468,19 @@ async def chat_stream(gate: Gateway, request: Request, model: str, version: str,
 
 
 async def _report_after(body: AsyncIterator[bytes], gate: Gateway, request: Request, status: int, started: float, wall_start: float):
-    """A stream is reported when it ends, so the record has its outcome and full latency."""
+    """A stream is reported when it ends, so the record has its outcome and full latency; its
+    last part waits for the audit receipt, as a whole answer does."""
+    last = None
     try:
         async for part in body:
-            yield part
+            if last is not None:
+                yield last
+            last = part
     finally:
-        gate.report(request, status, started, wall_start)
+        receipt = gate.hand_over(request, status, started, wall_start)  # a client gone mid-stream too
+    await gate.await_receipt(receipt, request)
+    if last is not None:
+        yield last
 
 
 def admitted(admission: AdmissionGate | None, request: Request, timeout_s: float):

@@ -16,6 +16,7 @@ import os
 import random
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -150,7 +151,8 @@ def forward_drift_alerts(alerts: list[dict], webhook: str | None) -> None:
 
 
 class AuditActor(Identified):
-    """Buffers records and writes Parquet from a timer thread, so callers never wait on I/O."""
+    """Takes records in at once and writes them, redacted, from a timer thread, so a caller
+    waits for no redaction or I/O; ``status`` tells a reporter which batches are durable."""
 
     def __init__(self, storage_uri: str, settings: dict, review_policies: dict | None = None, identity: str = ""):
         from actors.feedback import ReviewQueue
@@ -167,10 +169,10 @@ class AuditActor(Identified):
             flush_interval_s=settings["flush_interval_s"],
             store_input_text=settings["store_input_text"],
             redactor=self.redact,
+            dedupe_window_s=settings["dedupe_window_s"],
         )
         policies = {agent: ReviewPolicy.model_validate(policy) for agent, policy in (review_policies or {}).items()}
         self.review = ReviewQueue(self.storage, policies)
-        self._lock = threading.Lock()
         self._interval = settings["flush_interval_s"]
         threading.Thread(target=self._flush_forever, daemon=True, name="audit-flush").start()
 
@@ -178,25 +180,31 @@ class AuditActor(Identified):
         while True:
             time.sleep(self._interval / 2)
             try:
-                with self._lock:
-                    self.writer.maybe_flush()
+                self.writer.maybe_flush()
             except Exception:  # storage hiccup: records stay buffered for the next tick
                 logger.exception("audit flush failed; will retry")
 
+    def receive(self, batch_id: str | None, records: list[dict]) -> int:
+        """Take a batch (a resent one's records only once); those the ingress marked for review
+        also join the review queue, their text redacted here, off the request's path."""
+        reviews = {record["request_id"]: record.pop("review") for record in records if "review" in record}
+        fresh = self.writer.accept(records, batch_id)
+        for record in fresh:
+            if record["request_id"] in reviews:
+                self._offer(record, reviews[record["request_id"]])
+        return len(fresh)
+
     def write(self, records: list[dict]) -> int:
-        """Buffer the records; those the ingress marked for review also join the review queue,
-        their text redacted here, off the request's path."""
-        for record in records:
-            review = record.pop("review", None)
-            if review is not None:
-                self._offer(record, review)
-        with self._lock:
-            return self.writer.write(records)
+        """A batch from a caller that does not ask after it (the controllers)."""
+        return self.receive(None, records)
+
+    def status(self, batch_ids: list[str]) -> dict[str, str]:
+        return self.writer.status(batch_ids)
 
     def _offer(self, record: dict, review: dict) -> None:
         item = {
             "request_id": record["request_id"], "agent": record["agent"], "version": record["version"], "text": record.get("text"),
-            "output": record.get("output"), "label": review.get("label"), "confidence": review.get("confidence"), "ts": record.get("ts"),
+            "output": record.get("output"), "label": review.get("label"), "confidence": review.get("confidence"), "ts": record["ts"].timestamp(),
         }
         try:
             self.review.offer(item, self.redact)
@@ -204,15 +212,13 @@ class AuditActor(Identified):
             logger.exception("could not queue request %s for review", record["request_id"])
 
     def flush(self) -> int:
-        with self._lock:
-            return self.writer.flush()
+        return self.writer.flush()
 
     def before_replacement(self) -> None:
         self.flush()
 
     def query(self, **filters: Any) -> list[dict]:
-        with self._lock:
-            self.writer.flush()
+        self.writer.flush()
         return read_audit(self.storage, **filters)
 
 
@@ -566,24 +572,50 @@ def _retire_audit_writers(from_index: int) -> None:
 
 
 class AuditShards:
-    """Several audit writers as one sink: each batch goes to the next writer, so the rate of
-    redaction and writing grows with the writers. They write files of their own (unique names)
-    into the same day partitions, so a query merges them by reading the storage after every
-    writer has flushed."""
+    """Several audit writers as one sink for a ConfirmedReporter: each new batch goes to the
+    next writer, so the rate of redaction and writing grows with the writers; a batch sent again
+    goes to the writer it went to first, which may have written part of it. They write files of
+    their own (unique names) into the same day partitions, so a query merges them by reading the
+    storage after every writer has flushed. ``remote=False`` takes the writers as plain objects."""
 
-    def __init__(self, writers: list[Any]):
+    def __init__(self, writers: list[Any], remote: bool = True):
         if not writers:
             raise ValueError("need at least one audit writer")
         self.writers = writers
+        self.remote = remote
         # Replicas start at different writers, so their batches spread from the first one.
         self._turn = itertools.count(random.randrange(len(writers)))
+        self._writer_of: dict[str, int] = {}
+
+    async def _call(self, index: int, method: str, *args: Any, **kwargs: Any) -> Any:
+        bound = getattr(self.writers[index], method)
+        return await bound.remote(*args, **kwargs) if self.remote else bound(*args, **kwargs)
+
+    async def receive(self, batch_id: str, records: list[dict]) -> int:
+        index = self._writer_of.setdefault(batch_id, next(self._turn) % len(self.writers))
+        return await self._call(index, "receive", batch_id, records)
+
+    async def status(self, batch_ids: list[str]) -> dict[str, str]:
+        """Each batch's fate from its writer; ``pending`` where that writer cannot answer now."""
+        by_writer: dict[int, list[str]] = defaultdict(list)
+        for batch_id in batch_ids:
+            by_writer[self._writer_of.get(batch_id, 0)].append(batch_id)
+        answers = await asyncio.gather(*(self._call(index, "status", ids) for index, ids in by_writer.items()), return_exceptions=True)
+        states: dict[str, str] = {}
+        for ids, answer in zip(by_writer.values(), answers):
+            states.update(dict.fromkeys(ids, "pending") if isinstance(answer, BaseException) else answer)
+        for batch_id, state in states.items():
+            if state != "pending":
+                self._writer_of.pop(batch_id, None)
+        return states
 
     def write(self, records: list[dict]) -> Any:
+        """A batch nobody asks after (the saturation benchmark, the controllers)."""
         return self.writers[next(self._turn) % len(self.writers)].write.remote(records)
 
     async def query(self, **filters: Any) -> list[dict]:
-        await asyncio.gather(*(writer.flush.remote() for writer in self.writers[1:]))
-        return await self.writers[0].query.remote(**filters)
+        await asyncio.gather(*(self._call(index, "flush") for index in range(1, len(self.writers))))
+        return await self._call(0, "query", **filters)
 
 
 class MonitorShards:
@@ -661,7 +693,7 @@ class ControlPlane:
     def in_process(cls, config: OrchestraConfig, storage_uri: str) -> ControlPlane:
         """Without Ray: no rollout controller (it deploys through Serve)."""
         traffic = TrafficActor(storage_uri, initial_traffic(config), traffic_fingerprint(config))
-        audit = AuditActor(storage_uri, config.audit.model_dump(), review_policies(config))
+        audit = AuditShards([AuditActor(storage_uri, config.audit.model_dump(), review_policies(config))], remote=False)
         return cls(MonitorActor(storage_uri, monitoring_settings(config)), audit, traffic, remote=False)
 
     async def call(self, target: Any, method: str, *args: Any, **kwargs: Any) -> Any:

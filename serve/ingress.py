@@ -30,7 +30,7 @@ from actors.specialists.registry import SPECIALISTS
 from actors.documents.store import DocumentStore
 from actors.invocation import Chunk, Document, Invocation
 from actors.ratelimit import RateLimiter
-from actors.reporter import BufferedReporter
+from actors.reporter import BufferedReporter, ConfirmedReporter
 from actors.router import RouteDecision, SemanticRouter, build_router, choose_from_segments, team_segments
 from actors.routing import LlmRouter, RoutingPolicy, RuleSet
 from actors.sessions import SessionLimits, SessionStore, open_session_store
@@ -103,7 +103,7 @@ class Gateway:
         reporting = config.reporter
         kwargs = dict(max_batch=reporting.max_batch, interval_s=reporting.interval_s, max_buffer=reporting.max_buffer)
         self.monitor_reporter = BufferedReporter(control.sink(control.monitor, "record"), name="monitor", **kwargs)
-        self.audit_reporter = BufferedReporter(control.sink(control.audit, "write"), name="audit", **{**kwargs, "max_batch": reporting.audit_max_batch})
+        self.audit_reporter = ConfirmedReporter(control.audit, name="audit", **{**kwargs, "max_batch": reporting.audit_max_batch})
         self.dispatcher = Dispatcher(targets, self.traffic, default_timeout_s=config.limits.agent_timeout_s)
         self.dispatcher.shadow = ShadowCopies(
             self.dispatcher.targets, self.traffic, self.monitor_reporter.add, max_in_flight=config.shadow.max_in_flight,
@@ -558,7 +558,24 @@ class Gateway:
 
     # -- reporting --------------------------------------------------------------------
 
-    def report(self, request: Request, status: int, started: float, wall_start: float) -> None:
+    async def report(self, request: Request, status: int, started: float, wall_start: float) -> None:
+        """Hand the request's audit record and monitor outcome over, and wait for the receipt."""
+        await self.await_receipt(self.hand_over(request, status, started, wall_start), request)
+
+    async def await_receipt(self, receipt: asyncio.Future, request: Request) -> None:
+        """Returns once an audit writer holds the record, so no answered request lives in this
+        process alone; or after ``audit.receipt_timeout_s``, the record still queued here."""
+        timeout_s = self.config.audit.receipt_timeout_s
+        request_id = getattr(request.state, "request_id", None)
+        try:
+            await asyncio.wait_for(asyncio.shield(receipt), timeout_s)
+        except TimeoutError:
+            logger.warning("no audit writer took request %s within %.1f s; answering, the record stays queued", request_id, timeout_s)
+        except RuntimeError:
+            logger.error("audit record of request %s dropped: the replica's audit buffer is full", request_id)
+
+    def hand_over(self, request: Request, status: int, started: float, wall_start: float) -> asyncio.Future:
+        """Queue the request's audit record and monitor outcome; returns the audit receipt."""
         state = request.state
         latency_ms = (time.perf_counter() - started) * 1000
         get = lambda name: getattr(state, name, None)  # noqa: E731
@@ -589,12 +606,11 @@ class Gateway:
                 agent=action["agent"], version=action["version"], error=record["error"], request_id=record["request_id"], ts=wall_start,
             ))
         if action is not None or get("endpoint") == "feedback":
-            self.audit_reporter.add(record)  # an operator action or feedback: no agent call to count
-            return
+            return self.audit_reporter.add(record)  # an operator action or feedback: no agent call to count
         if status == 200 and agent is not None and record["text"] and self.review.wants(agent, get("score")):
             # The audit actor queues it for a person, with the input redacted there, off this path.
             record["review"] = {"label": get("label"), "confidence": get("score")}
-        self.audit_reporter.add(record)
+        receipt = self.audit_reporter.add(record)
         self.monitor_reporter.add(
             {
                 "ts": wall_start,
@@ -611,6 +627,7 @@ class Gateway:
                 **{name: usage[name] for name in USAGE_FIELDS if name in usage},
             }
         )
+        return receipt
 
 
 def connect_version(config: OrchestraConfig, agent: str, version: str, location: dict) -> Target:

@@ -274,3 +274,65 @@ def test_files_of_several_writers_merge_on_read(storage):
     rows = read_audit(storage, limit=4)
     assert [row["request_id"] for row in rows] == ["r-2", "r-3", "r-4", "r-5"]
     assert [row["input_text"] for row in rows] == ["call #"] * 4
+
+
+def deduping_writer(storage: Storage, clock: FakeClock) -> AuditWriter:
+    return AuditWriter(storage, batch_size=1_000, flush_interval_s=3_600, redactor=redact, dedupe_window_s=600, clock=clock)
+
+
+def test_a_resent_record_is_written_once_and_a_reused_request_id_twice(storage):
+    clock = FakeClock()
+    writer = deduping_writer(storage, clock)
+    assert len(writer.accept([record("a"), record("b")], "batch-1")) == 2
+    assert writer.status(["batch-1", "batch-2"]) == {"batch-1": "pending", "batch-2": "unknown"}
+    writer.flush()
+    # The same batch again (its ack was lost), plus a new request that reuses the id "a".
+    fresh = writer.accept([record("a"), record("b"), record("a", DAY1 + timedelta(seconds=5))], "batch-1-again")
+    assert [(r["request_id"], r["ts"]) for r in fresh] == [("a", DAY1 + timedelta(seconds=5))]
+    writer.flush()
+    assert writer.status(["batch-1", "batch-1-again"]) == {"batch-1": "durable", "batch-1-again": "durable"}
+    rows = read_audit(storage)
+    assert sorted((row["request_id"], row["ts"]) for row in rows) == [
+        ("a", DAY1.isoformat()), ("a", (DAY1 + timedelta(seconds=5)).isoformat()), ("b", DAY1.isoformat())
+    ]
+
+
+def test_a_restarted_writer_reads_back_the_keys_written_within_its_window(storage):
+    clock = FakeClock()
+    first = deduping_writer(storage, clock)
+    first.accept([record("a", ts=1_709_337_540.123456), record("b")], "batch-1")
+    first.flush()
+    clock.now += 30
+    # The writer died after the write and before the reporter heard of it: the batch comes again.
+    second = deduping_writer(storage, clock)
+    assert second.status(["batch-1"]) == {"batch-1": "unknown"}
+    assert second.accept([record("a", ts=1_709_337_540.123456), record("b"), record("c")], "batch-1") == [
+        {**record("c"), "ts": DAY1}
+    ]
+    second.flush()
+    assert sorted(row["request_id"] for row in read_audit(storage)) == ["a", "b", "c"]
+
+    clock.now += 601  # past the window, a third writer reads nothing back
+    assert len(deduping_writer(storage, clock).accept([record("a", ts=1_709_337_540.123456)])) == 1
+
+
+def test_a_failed_flush_keeps_its_batches_pending(storage, monkeypatch):
+    writer = deduping_writer(storage, FakeClock())
+    writer.accept([record("a", DAY1), record("b", DAY2)], "batch-1")
+    real_pipe = storage.fs.pipe_file
+    calls = []
+
+    def second_day_fails(path, data, **kwargs):
+        calls.append(path)
+        if "2024-03-02" in path and len(calls) < 3:
+            raise OSError("disk on fire")
+        return real_pipe(path, data, **kwargs)
+
+    monkeypatch.setattr(storage.fs, "pipe_file", second_day_fails)
+    with pytest.raises(OSError):
+        writer.flush()
+    assert writer.status(["batch-1"]) == {"batch-1": "pending"} and writer.buffered == 1
+    writer.flush()
+    assert writer.status(["batch-1"]) == {"batch-1": "durable"}
+    # The day written before the failure is not written again.
+    assert sorted(row["request_id"] for row in read_audit(storage)) == ["a", "b"]

@@ -114,3 +114,41 @@ def test_one_monitor_shard_is_asked_directly():
     shards = MonitorShards([FakeMonitorActor(Monitor(), log, "0")], SETTINGS)
     asyncio.run(shards.window("sentiment", "v1", 0.0))
     assert log == ["window 0"]
+
+
+class ConfirmingWriter:
+    """Test double of an AuditActor handle for ConfirmedReporter: remembers the batch ids it
+    took; ``down`` makes its calls fail as a dead actor's would."""
+
+    def __init__(self):
+        self.taken: list[str] = []
+        self.down = False
+        self.receive = FakeMethod(self._receive)
+        self.status = FakeMethod(self._status)
+
+    def _receive(self, batch_id, records):
+        self.taken.append(batch_id)
+        return len(records)
+
+    def _status(self, batch_ids):
+        if self.down:
+            raise ConnectionError("actor died")
+        return {batch_id: "durable" if batch_id in self.taken else "unknown" for batch_id in batch_ids}
+
+
+def test_a_resent_batch_goes_back_to_its_first_writer_and_a_dead_writer_reads_as_pending():
+    writers = [ConfirmingWriter(), ConfirmingWriter()]
+    sink = AuditShards(writers)
+
+    async def scenario():
+        for batch in ("b1", "b2", "b3", "b1"):
+            await sink.receive(batch, [{"i": 0}])
+        first = next(writer for writer in writers if "b1" in writer.taken)
+        assert first.taken.count("b1") == 2 and sum(len(w.taken) for w in writers) == 4
+        first.down = True
+        states = await sink.status(["b1", "b2", "b3"])
+        other = writers[1 - writers.index(first)]
+        assert {b: s for b, s in states.items() if b in first.taken} == dict.fromkeys(set(first.taken), "pending")
+        assert {b: s for b, s in states.items() if b in other.taken} == dict.fromkeys(other.taken, "durable")
+
+    asyncio.run(scenario())
