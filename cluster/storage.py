@@ -47,6 +47,10 @@ class Storage:
     def __init__(self, uri: str, **storage_options: Any):
         uri = resolve_uri(uri)
         self.uri = uri
+        if "://" in uri and not uri.startswith("file://"):
+            # Other processes write here too (replicas, actors, jobs): a cached listing would
+            # hide their files, so an object store is listed afresh each time.
+            storage_options.setdefault("use_listings_cache", False)
         self.fs, self.root = fsspec.core.url_to_fs(uri, **storage_options)
         self.root = self.root.rstrip("/") or "/"
 

@@ -118,9 +118,10 @@ def embedded_record(embedder: Embedder, filename: str, text: str) -> DocumentRec
     )
 
 
-@pytest.fixture
-def store(tmp_path) -> DocumentStore:
-    return DocumentStore(Storage(str(tmp_path / "store")))
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path) -> DocumentStore:
+    uri = request.getfixturevalue("s3_uri") if request.param == "s3" else str(tmp_path / "store")
+    return DocumentStore(Storage(uri))
 
 
 @pytest.fixture(scope="module")

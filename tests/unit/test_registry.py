@@ -9,7 +9,6 @@ import json
 import tempfile
 import threading
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -49,18 +48,14 @@ def model_dir(tmp_path) -> Path:
     return write_model(tmp_path / "trained")
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "s3"])
 def storage(request, tmp_path, monkeypatch):
     # Fetch caches go below tempfile.gettempdir(); keep them in the test's tmp_path.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     if request.param == "local":
-        yield Storage(str(tmp_path / "store"))
-        return
-    remote = Storage(f"memory://test-{uuid.uuid4().hex}/baton")
-    yield remote
-    if remote.exists(remote.root):
-        remote.fs.rm(remote.root, recursive=True)
+        return Storage(str(tmp_path / "store"))
+    return Storage(request.getfixturevalue("s3_uri"))
 
 
 @pytest.fixture

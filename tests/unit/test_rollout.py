@@ -133,8 +133,8 @@ class Clock:
 class World:
     """The doubles and storage one controller (or its successor after a restart) runs on."""
 
-    def __init__(self, tmp_path):
-        self.storage = Storage(str(tmp_path / "store"))
+    def __init__(self, uri: str):
+        self.storage = Storage(uri)
         self.traffic = FakeTraffic()
         self.fleet = FakeFleet(self.traffic)
         self.monitor = FakeWindow()
@@ -150,9 +150,9 @@ class World:
         return [a[0] for a in self.audits]
 
 
-@pytest.fixture
-def world(tmp_path):
-    return World(tmp_path)
+@pytest.fixture(params=["local", "s3"])
+def world(request, tmp_path):
+    return World(request.getfixturevalue("s3_uri") if request.param == "s3" else str(tmp_path / "store"))
 
 
 def plan(**changes) -> RolloutPlan:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
-import uuid
 from pathlib import Path
 
 import pytest
@@ -36,10 +35,10 @@ def exchange(question: str, answer: str) -> list[dict]:
     return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
 
-@pytest.fixture(params=["sqlite", "object-local", "object-memory"])
+@pytest.fixture(params=["sqlite", "object-local", "object-s3"])
 def open_store(request, tmp_path):
     """Opens stores on one shared location, as every ingress replica would; closes them all."""
-    memory_uri = f"memory://sessions-test-{uuid.uuid4().hex}"
+    s3_uri = request.getfixturevalue("s3_uri") if request.param == "object-s3" else None
     opened = []
 
     def open_one(limits: SessionLimits = SessionLimits(), clock=ManualClock()):
@@ -48,7 +47,7 @@ def open_store(request, tmp_path):
         elif request.param == "object-local":
             store = ObjectSessionStore(Storage(str(tmp_path)), limits, clock)
         else:
-            store = ObjectSessionStore(Storage(memory_uri), limits, clock)
+            store = ObjectSessionStore(Storage(s3_uri), limits, clock)
         opened.append(store)
         return store
 
@@ -231,11 +230,11 @@ def test_limits_must_be_positive():
         SessionLimits(max_turns=0)
 
 
-def test_open_session_store_picks_sqlite_for_a_local_path_and_objects_otherwise(tmp_path):
+def test_open_session_store_picks_sqlite_for_a_local_path_and_objects_otherwise(tmp_path, s3_uri):
     with open_session_store(str(tmp_path)) as local:
         assert isinstance(local, SqliteSessionStore)
         assert local.path == tmp_path / "sessions" / "sessions.sqlite3"
-    with open_session_store(f"memory://sessions-test-{uuid.uuid4().hex}") as remote:
+    with open_session_store(s3_uri) as remote:
         assert isinstance(remote, ObjectSessionStore)
         remote.append("alice", "s1", "llm", exchange("q", "a"))
         assert remote.last_agent("alice", "s1") == "llm"
