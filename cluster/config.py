@@ -551,10 +551,25 @@ class LimitSettings(Strict):
     documents: DocumentLimits = Field(default_factory=DocumentLimits, description="Limits on documents and images.")
 
 
+class TlsSettings(Strict):
+    """HTTPS on the front door: Serve's proxy serves it with these files."""
+
+    certfile: str = Field(..., min_length=1, description="PEM certificate (chain) the proxy presents; relative paths are from the repository root.")
+    keyfile: str = Field(..., min_length=1, description="PEM private key of the certificate; relative paths are from the repository root.")
+    keyfile_password_env: str | None = Field(
+        None, pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Environment variable that holds the key's password, read at deploy time, so no secret lives in the config.",
+    )
+    ca_certs: str | None = Field(
+        None, description="PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."
+    )
+
+
 class HttpSettings(Strict):
     host: str = Field("127.0.0.1", description="Address the HTTP proxy binds.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port; the BATON_HTTP_PORT variable overrides it.")
     request_timeout_s: float = Field(60.0, gt=0, description="Serve proxy's end-to-end request timeout.")
+    tls: TlsSettings | None = Field(None, description="Serve HTTPS instead of HTTP; absent means plain HTTP.")
 
 
 class WorkerGroupSettings(Strict):

@@ -5,6 +5,7 @@ behind the ingress) and into the equivalent ``serve deploy`` config file.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,30 @@ def _image_args(config_path: str | Path, base_dir: str | Path, environment: str 
     return args
 
 
+def http_options(config: OrchestraConfig, base_dir: str | Path) -> dict[str, Any]:
+    """Serve's ``http_options`` for the orchestra: where the proxy listens and, with
+    ``http.tls``, the certificate files it serves HTTPS with (checked to exist here, so a
+    wrong path fails the deploy, not the proxy)."""
+    options: dict[str, Any] = {"host": config.http.host, "port": config.http_port(), "request_timeout_s": config.http.request_timeout_s}
+    tls = config.http.tls
+    if tls is None:
+        return options
+    for field in ("certfile", "keyfile", "ca_certs"):
+        value = getattr(tls, field)
+        if value is None:
+            continue
+        path = (Path(base_dir) / value).resolve()
+        if not path.is_file():
+            raise ConfigError(f"http.tls.{field}: no file at {path}")
+        options[f"ssl_{field}"] = str(path)
+    if tls.keyfile_password_env is not None:
+        password = os.environ.get(tls.keyfile_password_env)
+        if password is None:
+            raise ConfigError(f"http.tls.keyfile_password_env: the variable {tls.keyfile_password_env} is not set")
+        options["ssl_keyfile_password"] = password
+    return options
+
+
 def serve_config(
     config_path: str | Path,
     base_dir: str | Path,
@@ -261,11 +286,7 @@ def serve_config(
         runtime_env["working_dir"] = working_dir
     return {
         "proxy_location": "HeadOnly",
-        "http_options": {
-            "host": config.http.host,
-            "port": config.http_port(),
-            "request_timeout_s": config.http.request_timeout_s,
-        },
+        "http_options": http_options(config, base_dir),
         "applications": [
             {
                 "name": APP_NAME,

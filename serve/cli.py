@@ -48,7 +48,8 @@ def _storage(config: OrchestraConfig) -> Storage:
 
 def _base_url(config: OrchestraConfig) -> str:
     host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
-    return f"http://{host}:{config.http_port()}"
+    scheme = "https" if config.http.tls is not None else "http"
+    return f"{scheme}://{host}:{config.http_port()}"
 
 
 # -- up / down / status -----------------------------------------------------------------
