@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gevent
-from locust import HttpUser, between, events, task
+from locust import HttpUser, between, constant_throughput, events, task
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECEIPT = REPO.parent / "shared" / "datasets" / "sroie-dev" / "000.jpg"
@@ -117,6 +117,8 @@ def _add_arguments(parser) -> None:
                         help="SST-2 train.tsv whose sentences the sentiment invokes send (default: ../shared/datasets/sst2).")
     parser.add_argument("--document-users", type=int, default=2,
                         help="Users that only extract receipts (at least 1; the others are text users).")
+    parser.add_argument("--rate-per-user", type=float, default=0.0,
+                        help="Requests per second each user aims at (locust's constant_throughput); 0 waits 0.1-0.5 s between requests.")
 
 
 @events.init.add_listener
@@ -142,10 +144,16 @@ class BatonUser(HttpUser):
 
     abstract = True
     host = "http://127.0.0.1:8000"
-    wait_time = between(0.1, 0.5)
+
+    def wait_time(self) -> float:
+        return self._wait(self)
 
     def on_start(self) -> None:
         self.client.headers["Authorization"] = f"Bearer {WORKLOAD.key}"
+        options = self.environment.parsed_options
+        rate = options.rate_per_user if options is not None else 0.0
+        # A fixed rate makes the offered load known (benchmarks/soak.py); the default is open-ended.
+        self._wait = constant_throughput(rate) if rate > 0 else between(0.1, 0.5)
 
     def post(self, kind: str, path: str, valid, timeout: float = TIMEOUT_S, **request) -> None:
         """POST, record it under ``kind``, and wait out ``Retry-After`` after a refusal."""

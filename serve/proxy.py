@@ -1,6 +1,7 @@
 """Serve HTTP-proxy middlewares: one replaces a caller's malformed X-Request-ID before Serve
 adopts and echoes it, so every response carries exactly one valid id; one gives the proxy's own
-plain-text 503 (its queue for the ingress is full) API.md's error shape and a Retry-After.
+plain-text 503 (its queue for the ingress is full) API.md's error shape and a Retry-After, and
+answers a request whose replica died under it with 503 ``unavailable`` instead of a bare 500.
 
 Enabled by ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve.proxy:proxy_middlewares``.
 """
@@ -14,6 +15,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cluster.errors import Unavailable
 from serve.http_errors import error_response, from_proxy_answer
 
 CALLBACK_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.proxy:proxy_middlewares"}
@@ -47,10 +49,12 @@ class ProxyErrorShape:
             await self.app(scope, receive, send)
             return
         held: Message | None = None
+        started = False
         text = bytearray()
 
         async def reshaping_send(message: Message) -> None:
-            nonlocal held
+            nonlocal held, started
+            started = started or message["type"] == "http.response.start"
             if message["type"] == "http.response.start" and message["status"] == 503:
                 if "json" not in Headers(raw=message["headers"]).get("content-type", ""):
                     held = message
@@ -63,6 +67,12 @@ class ProxyErrorShape:
                 await send_api_error(held, text.decode("utf-8", "replace"), scope, send)
 
         await self.app(scope, receive, reshaping_send)
+        if not started:
+            # The proxy lost the replica mid-request (it died) and answers nothing itself, which
+            # the server would turn into a bare 500: the request may be retried, so 503.
+            lost = Unavailable("the replica serving this request stopped; retry it", retry_after_s=1)
+            request_id = Headers(scope=scope).get("x-request-id") or "unknown"
+            await error_response(lost, request_id)(scope, receive, send)
 
 
 async def send_api_error(start: Message, text: str, scope: Scope, send: Send) -> None:

@@ -376,3 +376,12 @@ def test_an_agents_serve_backpressure_keeps_its_configured_retry_after():
     configured = to_baton_error(BackPressureError(num_queued_requests=5, max_queued_requests=5, retry_after_s=3.0))
     assert isinstance(configured, Overloaded) and configured.retry_after_s == 3.0
     assert to_baton_error(BackPressureError(num_queued_requests=5, max_queued_requests=5)).retry_after_s == 1
+
+
+def test_a_request_whose_replica_died_gets_503_unavailable_not_a_bare_500():
+    async def replica_died(scope, receive, send):
+        return None  # what Serve's proxy does on RayActorError: logs it and sends nothing
+
+    response = through_proxy_middleware(replica_died)
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json()["error"] == {"code": "unavailable", "message": "the replica serving this request stopped; retry it", "request_id": "req-1"}
