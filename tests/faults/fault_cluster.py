@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 
 import httpx
@@ -158,6 +159,30 @@ def wait_until_audited(storage: Storage, request_ids: list[str], timeout_s: floa
         time.sleep(1)
 
 
+def outcome_table(report: dict) -> str:
+    """The report as a Markdown table, one row per fault: what the clients got and what the audit kept."""
+    times = [entry["at"] for entry in report["timeline"]] + [max(o["sent"] for o in report["outcomes"]) + 1]
+    keys = Counter((row["request_id"], row["endpoint"]) for row in report["audit"])
+    audited = {request_id for request_id, _ in keys}
+    duplicated = {request_id for (request_id, _), count in keys.items() if count > 1}
+    lines = [
+        "| fault | requests | 200 | other answers | no answer | answered, not in the audit | written twice | last non-200 after the kill |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for index, entry in enumerate(report["timeline"]):
+        sent = [o for o in report["outcomes"] if times[index] <= o["sent"] < times[index + 1]]
+        statuses = Counter(o["status"] for o in sent)
+        others = ", ".join(f"{status}: {count}" for status, count in sorted(statuses.items()) if status not in (200, None)) or "–"
+        missing = sum(1 for o in sent if o.get("served_by") and o["request_id"] not in audited)
+        twice = sum(1 for o in sent if o["request_id"] in duplicated)
+        late = max((o["sent"] - times[index] for o in sent if o["status"] != 200), default=None)
+        lines.append(
+            f"| {entry['fault']} | {len(sent)} | {statuses.get(200, 0)} | {others} | {statuses.get(None, 0)} | {missing} | {twice} | "
+            f"{'–' if late is None else f'{late:.1f} s'} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     os.environ.update(cluster_env())
     os.environ.pop("RAY_ADDRESS", None)
@@ -201,6 +226,7 @@ def main() -> int:
             "audit": [{"request_id": row["request_id"], "endpoint": row["endpoint"]} for row in rows],
         }
         print(REPORT_PREFIX + json.dumps(report), flush=True)
+        print(outcome_table(report), flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
