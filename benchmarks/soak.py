@@ -13,6 +13,7 @@ import argparse
 import csv
 import io
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -29,6 +30,7 @@ from benchmarks.request_path import write_section
 
 HEADING = "## Soak"
 SERVER_ERROR_ALLOWED = "503 overloaded"
+BUSY_SUFFIX = re.compile(r"\.(handle_request\w*|record|receive|status|write|query|flush|snapshot|run)$")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,12 +64,14 @@ def request_rate(stats_csv: str) -> float:
 
 
 def ray_processes() -> dict[str, int]:
-    """Resident bytes of each Ray worker process of this machine, by its title and pid."""
+    """Resident bytes of each Ray worker process of this machine, by its title and pid. A busy
+    process's title names the method it runs; that part is left out, so a process keeps its name."""
     found = {}
     for process in psutil.process_iter(["pid", "cmdline", "memory_info"]):
-        cmdline = process.info["cmdline"] or []
-        if cmdline and cmdline[0].startswith("ray::") and process.info["memory_info"] is not None:
-            found[f"{cmdline[0].removeprefix('ray::')} (pid {process.info['pid']})"] = process.info["memory_info"].rss
+        title = " ".join(" ".join(process.info["cmdline"] or []).split())  # titles come padded with spaces
+        if title.startswith("ray::") and process.info["memory_info"] is not None:
+            name = BUSY_SUFFIX.sub("", title.removeprefix("ray::"))
+            found[f"{name} (pid {process.info['pid']})"] = process.info["memory_info"].rss
     return found
 
 
