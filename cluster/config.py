@@ -474,8 +474,15 @@ class IngressSettings(Strict):
 
 
 class RateLimitSettings(Strict):
-    requests_per_s: float = Field(100.0, gt=0, description="Sustained requests per second per API key and ingress replica.")
+    requests_per_s: float = Field(100.0, gt=0, description="Sustained requests per second per API key, across every ingress replica.")
     burst: int = Field(200, ge=1, description="Requests a key may make at once before the rate applies.")
+    lease_s: float = Field(
+        0.1, gt=0, le=10,
+        description="A replica takes this many seconds of a key's rate from the shared bucket at once, so the bucket is asked once per lease, not per request.",
+    )
+    lease_ttl_s: float = Field(
+        1.0, gt=0, le=60, description="Tokens a replica leased and did not spend within this time lapse (they err towards refusal)."
+    )
 
 
 class AuthSettings(Strict):

@@ -1,5 +1,5 @@
-"""The named Ray actors shared by every ingress replica: monitor, audit writer and the
-traffic table. Each wraps a plain class from ``actors/`` and restarts on failure; the monitor
+"""The named Ray actors shared by every ingress replica: monitor, audit writer, the traffic
+table and the rate limits. Each wraps a plain class from ``actors/`` and restarts on failure; the monitor
 and the audit writer may be several shards, which the ingress reaches as one.
 """
 
@@ -25,6 +25,7 @@ from ray import serve
 
 from actors.audit import AuditWriter, read_audit
 from actors.monitor import Monitor, parse_outcome
+from actors.ratelimit import RateLimiter
 from actors.traffic import TrafficTable
 from cluster.config import CostSettings, DriftSettings, OrchestraConfig, ReviewPolicy, config_dict
 from cluster.errors import Unavailable
@@ -35,7 +36,7 @@ from cluster.version import REPO_ROOT
 NAMESPACE = "baton"
 REPLACE_ATTEMPTS = 3
 ACTOR_START_S = 120.0
-MONITOR, AUDIT, TRAFFIC, ROLLOUTS = "baton_monitor", "baton_audit", "baton_traffic", "baton_rollouts"
+MONITOR, AUDIT, TRAFFIC, ROLLOUTS, LIMITS = "baton_monitor", "baton_audit", "baton_traffic", "baton_rollouts", "baton_limits"
 MONITOR_PRINCIPAL, ROLLOUT_PRINCIPAL = "controller:monitor", "controller:rollouts"
 logger = logging.getLogger(__name__)
 
@@ -220,6 +221,18 @@ class AuditActor(Identified):
     def query(self, **filters: Any) -> list[dict]:
         self.writer.flush()
         return read_audit(self.storage, **filters)
+
+
+class LimitsActor(Identified):
+    """Every key's token bucket, shared by the ingress replicas; they take tokens in leases
+    (``LeasedLimiter``). A restart refills the buckets: it forgives at most one burst."""
+
+    def __init__(self, rate_per_s: float, burst: int, identity: str = ""):
+        self.identity = identity
+        self.buckets = RateLimiter(rate_per_s, burst)
+
+    def take(self, key: str, want: int, rate_per_s: float, burst: int) -> tuple[int, float]:
+        return self.buckets.take(key, want, rate_per_s, burst)
 
 
 def traffic_fingerprint(config: OrchestraConfig) -> str:
@@ -670,6 +683,7 @@ def control_actors(config: OrchestraConfig, storage_uri: str, app_name: str = "b
         AUDIT: audit_writers(config, storage_uri),
         MONITOR: monitor_shards(config, storage_uri),
         TRAFFIC: _named(TrafficActor, TRAFFIC, storage_uri, initial_traffic(config), traffic_fingerprint(config)),
+        LIMITS: _named(LimitsActor, LIMITS, config.auth.rate_limit.requests_per_s, config.auth.rate_limit.burst),
     }
     # The controller reaches the others by name, so it comes last.
     actors[ROLLOUTS] = _named(RolloutActor, ROLLOUTS, storage_uri, config_dict(config), app_name)
@@ -681,20 +695,22 @@ class ControlPlane:
     them: named Ray actors in production, or the same classes in-process (``remote=False``),
     which is how the ingress is unit-tested without Ray."""
 
-    def __init__(self, monitor: Any, audit: Any, traffic: Any, rollouts: Any = None, remote: bool = True):
+    def __init__(self, monitor: Any, audit: Any, traffic: Any, rollouts: Any = None, remote: bool = True, limits: Any = None):
         self.monitor, self.audit, self.traffic, self.rollouts, self.remote = monitor, audit, traffic, rollouts, remote
+        self.limits = limits
 
     @classmethod
     def of_cluster(cls, config: OrchestraConfig, storage_uri: str, app_name: str = "baton") -> ControlPlane:
         actors = control_actors(config, storage_uri, app_name)
-        return cls(actors[MONITOR], actors[AUDIT], actors[TRAFFIC], actors[ROLLOUTS])
+        return cls(actors[MONITOR], actors[AUDIT], actors[TRAFFIC], actors[ROLLOUTS], limits=actors[LIMITS])
 
     @classmethod
     def in_process(cls, config: OrchestraConfig, storage_uri: str) -> ControlPlane:
         """Without Ray: no rollout controller (it deploys through Serve)."""
         traffic = TrafficActor(storage_uri, initial_traffic(config), traffic_fingerprint(config))
         audit = AuditShards([AuditActor(storage_uri, config.audit.model_dump(), review_policies(config))], remote=False)
-        return cls(MonitorActor(storage_uri, monitoring_settings(config)), audit, traffic, remote=False)
+        limits = RateLimiter(config.auth.rate_limit.requests_per_s, config.auth.rate_limit.burst)
+        return cls(MonitorActor(storage_uri, monitoring_settings(config)), audit, traffic, remote=False, limits=limits)
 
     async def call(self, target: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         if target is None:

@@ -29,7 +29,7 @@ from actors.shadow import ShadowCopies
 from actors.specialists.registry import SPECIALISTS
 from actors.documents.store import DocumentStore
 from actors.invocation import Chunk, Document, Invocation
-from actors.ratelimit import RateLimiter
+from actors.ratelimit import LeasedLimiter, RateLimiter
 from actors.reporter import BufferedReporter, ConfirmedReporter
 from actors.router import RouteDecision, SemanticRouter, build_router, choose_from_segments, team_segments
 from actors.routing import LlmRouter, RoutingPolicy, RuleSet
@@ -95,7 +95,11 @@ class Gateway:
         self.config, self.keys, self.registry, self.router = config, keys, registry, router
         self.documents = documents
         self.sessions, self.control, self.replica, self._read_statuses = sessions, control, replica, statuses
-        self.limiter = RateLimiter(config.auth.rate_limit.requests_per_s, config.auth.rate_limit.burst)
+        limits = config.auth.rate_limit
+        self.limiter = LeasedLimiter(
+            functools.partial(control.call, control.limits, "take"), RateLimiter(limits.requests_per_s, limits.burst),
+            lease_s=limits.lease_s, lease_ttl_s=limits.lease_ttl_s,
+        )
         batching = config.router.batching
         self._scorer = MicroBatcher(router.scores, batching.max_batch_size, batching.batch_wait_timeout_s)
         self.traffic = TrafficTable(control_module.initial_traffic(config))
@@ -256,7 +260,8 @@ class Gateway:
         request.state.key = principal
         if not principal.allows(role):
             raise Forbidden(f"this key has role {principal.role!r}; the endpoint needs {role!r}")
-        wait_s = self.limiter.acquire(principal.key_id, principal.rate_per_s, principal.burst)
+        limits = self.config.auth.rate_limit
+        wait_s = await self.limiter.acquire(principal.key_id, principal.rate_per_s or limits.requests_per_s, principal.burst or limits.burst)
         if wait_s > 0:
             raise RateLimited("rate limit exceeded for this key", retry_after_s=wait_s)
         return principal

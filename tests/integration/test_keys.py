@@ -70,3 +70,15 @@ def test_revoking_a_bad_or_unknown_id_is_refused(client, bad):
     response = client.delete(f"/v1/admin/keys/{bad}")
     assert response.status_code == (422 if bad == "not-a-key-id" else 404)
     assert response.json()["error"]["code"] == ("validation_error" if bad == "not-a-key-id" else "not_found")
+
+
+def test_a_keys_rate_limit_holds_across_both_replicas(client, baton_url):
+    # 0.05 req/s: no token comes back within the test, so the burst is all the key may spend.
+    created = client.post("/v1/admin/keys", json={"role": "invoke", "name": "limited", "rate_limit": {"requests_per_s": 0.05, "burst": 4}})
+    answered = calls(baton_url, created.json()["key"], n=14)
+    assert len({served_by for _, served_by, _ in answered}) == 2, "the requests reached only one replica"
+    statuses = [status for status, _, _ in answered]
+    # Each replica alone would have let 4 through: 8 in all.
+    assert statuses.count(200) == 4 and statuses.count(429) == 10, statuses
+    refused = next(body for status, _, body in answered if status == 429)
+    assert refused["error"]["code"] == "rate_limited"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from actors.ratelimit import RateLimiter
+from actors.ratelimit import LeasedLimiter, RateLimiter
 from cluster.errors import NotFound
 from cluster.keys import KeyStore
 from cluster.storage import Storage
@@ -129,3 +131,47 @@ def test_a_key_can_carry_its_own_limit(tmp_path):
     limiter = RateLimiter(rate_per_s=100, burst=100, clock=clock)
     assert limiter.acquire(principal.key_id, principal.rate_per_s, principal.burst) == 0.0
     assert limiter.acquire(principal.key_id, principal.rate_per_s, principal.burst) == pytest.approx(2.0)
+
+
+def shared_bucket(clock) -> tuple[RateLimiter, list[int]]:
+    """The limits actor as a plain object; ``asked`` counts its calls and what each took."""
+    bucket, asked = RateLimiter(rate_per_s=10, burst=20, clock=clock), []
+
+    async def take(key, want, rate, burst):
+        granted, wait_s = bucket.take(key, want, rate, burst)
+        asked.append(granted)
+        return granted, wait_s
+
+    return take, asked
+
+
+def test_replicas_leasing_from_one_bucket_admit_no_more_than_the_bucket_holds():
+    clock = FakeClock()
+    take, asked = shared_bucket(clock)
+    replicas = [LeasedLimiter(take, RateLimiter(10, 20, clock=clock), lease_s=0.2, clock=clock) for _ in range(3)]
+
+    async def burst():
+        return [await replicas[i % 3].acquire("k", 10, 20) for i in range(60)]
+
+    waits = asyncio.run(burst())
+    # Alone, each replica's own bucket would have let 20 through: 60 in all.
+    assert sum(wait == 0.0 for wait in waits) == 20
+    assert all(wait == pytest.approx(0.1) for wait in waits[20:] if wait)
+    assert len(asked) < 60 and max(asked) == 2  # leases of 0.2 s of 10 req/s, not a call per request
+
+
+def test_a_lease_lapses_and_an_unreachable_bucket_falls_back_to_the_replicas_own():
+    clock = FakeClock()
+    take, asked = shared_bucket(clock)
+    limiter = LeasedLimiter(take, RateLimiter(1, 1, clock=clock), lease_s=0.5, lease_ttl_s=1.0, clock=clock)
+    assert asyncio.run(limiter.acquire("k", 10, 20)) == 0.0 and asked == [5]
+    clock.now = 2.0  # the 4 tokens left of the lease lapsed: the bucket is asked again
+    assert asyncio.run(limiter.acquire("k", 10, 20)) == 0.0 and asked == [5, 5]
+
+    async def unreachable(*args):
+        raise ConnectionError("limits actor restarting")
+
+    # Meanwhile the key's limit holds per replica, as if this replica were the only one.
+    alone = LeasedLimiter(unreachable, RateLimiter(1, 1, clock=clock), clock=clock)
+    waits = [asyncio.run(alone.acquire("k", 10, 20)) for _ in range(21)]
+    assert waits[:20] == [0.0] * 20 and waits[20] == pytest.approx(0.1)
