@@ -26,7 +26,7 @@ from cluster.config import OrchestraConfig
 from cluster.keys import KeyStore
 from cluster.storage import Storage
 from serve.builder import APP_NAME, INGRESS, build_application, cluster_env
-from serve.control import AUDIT, MONITOR, NAMESPACE, ROLLOUTS, TRAFFIC, flush_audit
+from serve.control import AUDIT, LIMITS, MONITOR, NAMESPACE, ROLLOUTS, TRAFFIC, flush_audit
 from tests.integration.conftest import free_port
 
 REPORT_PREFIX = "FAULT-REPORT "
@@ -205,6 +205,7 @@ def main() -> int:
             ("monitor actor", kill_actor(MONITOR)),
             ("traffic actor", kill_actor(TRAFFIC)),
             ("rollout actor", kill_actor(ROLLOUTS)),
+            ("limits actor", kill_actor(LIMITS)),
             ("worker node", kill_worker_node(cluster, worker)),
         ]
         load = Load(f"http://127.0.0.1:{port}", key)

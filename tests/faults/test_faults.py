@@ -1,5 +1,5 @@
 """The fault suite: baton under steady load on two nodes while an ingress replica, an agent
-replica, the audit, monitor, traffic and rollout actors and a worker node are killed one at a
+replica, the audit, monitor, traffic, rollout and limits actors and a worker node are killed one at a
 time. No answered request may be missing from the audit log or written twice, no 5xx but a 503
 with Retry-After, and each fault is over within RECOVERY_S."""
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 # Service is back when every request sent after this long from a kill is answered 200.
 RECOVERY_S = 10.0
-FAULTS = ["ingress replica", "agent replica", "audit actor", "monitor actor", "traffic actor", "rollout actor", "worker node"]
+FAULTS = ["ingress replica", "agent replica", "audit actor", "monitor actor", "traffic actor", "rollout actor", "limits actor", "worker node"]
 
 
 @pytest.fixture(scope="module")
