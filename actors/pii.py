@@ -328,7 +328,10 @@ class EntityDetector:
         ]
 
     def _named_entities(self, texts: list[str]) -> list[list[Entity]]:
-        return [_doc_entities(doc, self._precision) for doc in self._nlp.pipe(texts)]
+        # spaCy's StringStore keeps every new token of every text it sees for ever; a memory
+        # zone lets it forget them once the entities are out (no growth with unique inputs).
+        with self._nlp.memory_zone():
+            return [_doc_entities(doc, self._precision) for doc in self._nlp.pipe(texts)]
 
 
 class PiiRedactor:

@@ -154,10 +154,11 @@ class KeyphrasesSpecialist(Specialist):
         self._embedder = Embedder()
 
     def _predict(self, texts: list[str], options: list[Any]) -> list[dict]:
-        docs = list(self._nlp.pipe(texts))
-        candidates = [candidate_phrases(doc, self.params.max_words, self.params.max_candidates) for doc in docs]
-        # A text without candidates needs no document vector.
-        chunks = [_chunks(doc) if phrases else [] for doc, phrases in zip(docs, candidates)]
+        with self._nlp.memory_zone():  # strings of these texts are forgotten after (see actors/pii.py)
+            docs = list(self._nlp.pipe(texts))
+            candidates = [candidate_phrases(doc, self.params.max_words, self.params.max_candidates) for doc in docs]
+            # A text without candidates needs no document vector.
+            chunks = [_chunks(doc) if phrases else [] for doc, phrases in zip(docs, candidates)]
         documents = [_document_vector(group, vectors) for group, vectors in zip(chunks, self._embed_groups(chunks))]
         phrase_vectors = self._embed_groups(candidates)
         return [

@@ -90,7 +90,8 @@ class SummarizeSpecialist(Specialist):
 
     def _sentences(self, text: str) -> list[str]:
         blocks = [_LEADING_MARKER.sub("", block, count=1) for block in _BLOCK_BREAK.split(text) if block.strip()]
-        sentences = (" ".join(sentence.text.split()) for doc in self._nlp.pipe(blocks) for sentence in doc.sents)
+        with self._nlp.memory_zone():  # strings of these texts are forgotten after (see actors/pii.py)
+            sentences = [" ".join(sentence.text.split()) for doc in self._nlp.pipe(blocks) for sentence in doc.sents]
         return [sentence for sentence in sentences if any(char.isalpha() for char in sentence)]
 
     def _predict(self, texts: list[str], options: list[Any]) -> list[dict]:

@@ -198,3 +198,21 @@ def test_the_redaction_cache_keeps_no_raw_text() -> None:
     held = [*cached._cache.keys(), *cached._cache.values()]
     assert all(raw not in str(item) and "maria.lopez@example.com" not in str(item) for item in held)
     assert all(isinstance(key, bytes) and len(key) == 32 for key in cached._cache)
+
+
+def unique_texts(count: int) -> list[str]:
+    import uuid
+
+    return [f"Customer {uuid.uuid4().hex[:10]} of Zorblax{uuid.uuid4().hex[:6]} wrote from c{uuid.uuid4().hex[:6]}@example.com" for _ in range(count)]
+
+
+def test_redacting_unique_texts_leaves_spacys_string_store_as_it_was() -> None:
+    """The audit writer redacts every request: without a memory zone spaCy would keep each
+    new token of each text for ever (about 5 strings a text)."""
+    redactor = PiiRedactor()
+    redactor.many(unique_texts(5))
+    strings = redactor._detector._nlp.vocab.strings
+    before = len(strings)
+    redacted = redactor.many(unique_texts(300))
+    assert len(strings) == before
+    assert all(text.endswith(" wrote from [EMAIL]") for text in redacted)

@@ -374,3 +374,15 @@ def test_signals_of_other_specialists_are_none(
         [output] = specialist.predict([text])
         assert specialist.signals(output) == (None, None)
         assert specialist.result(output).output == output
+
+
+def test_keyphrases_and_summaries_of_unique_texts_leave_spacys_string_store_as_it_was(keyphrases: Specialist, summarize: Specialist) -> None:
+    import uuid
+
+    texts = [f"The {uuid.uuid4().hex[:9]} cluster of Quorvex{uuid.uuid4().hex[:5]} served the new model. It scaled well." for _ in range(40)]
+    for specialist in (keyphrases, summarize):
+        specialist.predict(texts[:2])
+        strings = specialist._nlp.vocab.strings
+        before = len(strings)
+        assert len(specialist.predict(texts)) == 40
+        assert len(strings) == before, specialist
