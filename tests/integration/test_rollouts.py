@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 
+import httpx
 import pytest
 import ray
 
@@ -21,7 +22,11 @@ class Traffic:
     """Steady invocations of the reviews agent from a thread, as callers would make them."""
 
     def __init__(self, client):
-        self.client, self.statuses, self._stop = client, [], threading.Event()
+        # A key of its own: the admin key's limit holds across both replicas, and this thread
+        # alone would spend it, refusing the test's own calls with 429.
+        created = client.post("/v1/admin/keys", json={"role": "invoke", "name": "rollout-traffic", "rate_limit": {"requests_per_s": 200, "burst": 200}})
+        self.client = httpx.Client(base_url=str(client.base_url), headers={"Authorization": f"Bearer {created.json()['key']}"}, timeout=60)
+        self.statuses, self._stop = [], threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -39,6 +44,7 @@ class Traffic:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        self.client.close()
 
 
 def wait_for_state(client, rollout_id: str, states: set[str], timeout_s: float = 240) -> dict:
