@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from actors.admission import AdmissionGate, admission_gate
 from actors.dispatcher import Called
@@ -122,7 +123,10 @@ def create_app(gate: Gateway) -> FastAPI:
     async def _handle_error(request: Request, error: Exception) -> JSONResponse:
         baton_error = to_baton_error(error)
         request.state.error = f"{baton_error.code}: {baton_error.message}"
-        return error_response(baton_error, request_id_of(request))
+        response = error_response(baton_error, request_id_of(request))
+        if isinstance(error, StarletteHTTPException) and error.status_code == 405:
+            response.headers["Allow"] = allowed_methods(app, request)  # RFC 9110 requires it
+        return response
 
     @app.middleware("http")
     async def _request_envelope(request: Request, call_next) -> Response:
@@ -465,6 +469,18 @@ async def chat_stream(gate: Gateway, request: Request, model: str, version: str,
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def allowed_methods(app: FastAPI, request: Request) -> str:
+    """Every method some route takes on this path: Starlette's own 405 names only the first
+    route's, where a path has one route per method."""
+    methods = {
+        method
+        for route in app.router.routes
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE
+        for method in route.methods
+    }
+    return ", ".join(sorted(methods))
 
 
 async def _report_after(body: AsyncIterator[bytes], gate: Gateway, request: Request, status: int, started: float, wall_start: float):

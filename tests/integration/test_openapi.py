@@ -1,5 +1,7 @@
 """The served OpenAPI document is honest: ``schemathesis run`` against /openapi.json with an
-admin key finds no server error and no undocumented status code."""
+admin key, every check but the two on semantic validation (see below), seed 1 and 15 examples per
+operation, finds no server error, no undocumented status, no non-conforming response and no
+405 without Allow."""
 
 from __future__ import annotations
 
@@ -13,14 +15,17 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_schemathesis_finds_no_server_error_and_no_undocumented_status(baton_url, client, test_config, tmp_path):
+def test_schemathesis_finds_no_failure_of_its_checks(baton_url, client, test_config, tmp_path):
     # Its own key with a high limit, so the run explores the API rather than the rate limiter.
     created = client.post("/v1/admin/keys", json={"role": "admin", "name": "schemathesis", "rate_limit": {"requests_per_s": 1000, "burst": 1000}})
     key = created.json()["key"]
     command = [
         str(Path(sys.executable).parent / "schemathesis"), "run", f"{baton_url}/openapi.json",
         "--header", f"Authorization: Bearer {key}",
-        "--checks", "not_a_server_error,status_code_conformance",
+        # Every check but two: the API refuses values its schema cannot express (an agent this
+        # orchestra lacks, steps that must rise, base64 that must decode) and takes epoch seconds
+        # where the schema says date-time; those two checks would fail on that, by design for now.
+        "--checks", "all", "--exclude-checks", "positive_data_acceptance,negative_data_rejection",
         "--max-examples", "15", "--seed", "1", "--request-timeout", "60",
         "--report", "junit", "--report-dir", str(tmp_path),
     ]

@@ -178,6 +178,12 @@ def test_auth_and_validation_errors_keep_the_api_shape(http, gateway):
     bad = http.post("/v1/route", json={"text": "x", "stream": "yes"})
     assert bad.status_code == 422 and "stream" in bad.json()["error"]["message"]
     assert http.post("/v1/pipelines/ghost", json={"text": "x"}).status_code == 404
+    # A method the path does not take: 405 in the API's shape, with the Allow header RFC 9110 requires.
+    wrong = http.request("TRACE", "/healthz")
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+    assert wrong.headers["allow"] == "GET"
+    assert http.delete("/v1/route").headers["allow"] == "POST"
+    assert http.put("/v1/admin/keys").headers["allow"] == "GET, POST"  # two routes on one path
 
 
 def test_keys_are_listed_scoped_revoked_and_expire_through_the_api(http, gateway):
