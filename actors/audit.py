@@ -267,7 +267,9 @@ class AuditWriter:
             return written
 
     def maybe_flush(self) -> int:
-        return self.flush() if self.buffered and self._interval_elapsed() else 0
+        # A batch of records already taken waits for no file, but its reporter waits to hear it is durable.
+        waiting = self.buffered or self._pending_batches
+        return self.flush() if waiting and self._interval_elapsed() else 0
 
     def close(self) -> int:
         return self.flush()

@@ -334,3 +334,14 @@ def test_a_failed_flush_keeps_its_batches_pending(storage, monkeypatch):
     assert writer.status(["batch-1"]) == {"batch-1": "durable"}
     # The day written before the failure is not written again.
     assert sorted(row["request_id"] for row in read_audit(storage)) == ["a", "b"]
+
+
+def test_a_batch_of_records_already_taken_is_reported_durable_at_the_next_timed_flush(storage):
+    clock = FakeClock()
+    writer = AuditWriter(storage, batch_size=1_000, flush_interval_s=1, redactor=redact, dedupe_window_s=600, clock=clock)
+    writer.accept([record("a")], "first")
+    clock.now += 1
+    assert writer.maybe_flush() == 1
+    assert writer.accept([record("a")], "resent") == []  # its records were all written already
+    clock.now += 1
+    assert writer.maybe_flush() == 0 and writer.status(["resent"]) == {"resent": "durable"}
