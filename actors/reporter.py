@@ -18,7 +18,59 @@ logger = logging.getLogger(__name__)
 Sink = Callable[[list[dict]], Awaitable[Any] | Any]
 
 
-class BufferedReporter:
+class ReporterLoop:
+    """What both reporters share: their settings, and the background task that runs ``pump``
+    whenever work is signalled (``_work``) or ``interval_s`` passes; ``start``/``stop`` around
+    the event loop's lifetime."""
+
+    def __init__(self, *, max_batch: int, interval_s: float, max_buffer: int, name: str):
+        if max_batch < 1 or max_buffer < 1 or interval_s <= 0:
+            raise ValueError(
+                f"need max_batch >= 1, max_buffer >= 1, interval_s > 0; got {max_batch}, {max_buffer}, {interval_s}"
+            )
+        self.max_batch, self.interval_s, self.max_buffer, self.name = max_batch, interval_s, max_buffer, name
+        self.dropped = 0
+        self.last_error: Exception | None = None
+        self._work = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def pump(self) -> None:
+        raise NotImplementedError
+
+    async def _wait_for_work(self) -> None:
+        if self.last_error is not None:
+            # Back off a whole interval, or a full buffer would hammer a failing sink.
+            await asyncio.sleep(self.interval_s)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._work.wait(), timeout=self.interval_s)
+        self._work.clear()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self._wait_for_work()
+                # Shielded: a cancel must not abandon a batch the sink may already have taken.
+                await asyncio.shield(self.pump())
+        except asyncio.CancelledError:
+            await self.pump()
+            raise
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self.run(), name=self.name)
+
+    async def stop(self) -> None:
+        """Stop the loop after handing over what waits."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.pump()
+
+
+class BufferedReporter(ReporterLoop):
     """``add`` from request handlers; ``start``/``stop`` around the event loop's lifetime.
 
     Delivery is at least once: a batch the sink rejects goes back to the front of the buffer.
@@ -28,23 +80,12 @@ class BufferedReporter:
     def __init__(
         self, sink: Sink, *, max_batch: int = 200, interval_s: float = 1.0, max_buffer: int = 100_000, name: str = "reporter"
     ):
-        if max_batch < 1 or max_buffer < 1 or interval_s <= 0:
-            raise ValueError(
-                f"need max_batch >= 1, max_buffer >= 1, interval_s > 0; got {max_batch}, {max_buffer}, {interval_s}"
-            )
+        super().__init__(max_batch=max_batch, interval_s=interval_s, max_buffer=max_buffer, name=name)
         self._sink = sink
-        self.max_batch = max_batch
-        self.interval_s = interval_s
-        self.max_buffer = max_buffer
-        self.name = name
-        self.dropped = 0
         self.sent = 0
-        self.last_error: Exception | None = None
         self._buffer: deque[dict] = deque()
-        self._batch_ready = asyncio.Event()
         # One flush at a time, or a retried batch could overtake records behind it.
         self._flushing = asyncio.Lock()
-        self._task: asyncio.Task | None = None
 
     @property
     def pending(self) -> int:
@@ -54,7 +95,7 @@ class BufferedReporter:
         self._buffer.append(record)
         self._drop_overflow()
         if len(self._buffer) >= self.max_batch:
-            self._batch_ready.set()
+            self._work.set()
 
     def _drop_overflow(self) -> None:
         while len(self._buffer) > self.max_buffer:
@@ -94,35 +135,7 @@ class BufferedReporter:
         self.sent += sent
         return sent
 
-    async def _wait_for_work(self) -> None:
-        if self.last_error is not None:
-            # Back off a whole interval, or a full buffer would hammer a failing sink.
-            await asyncio.sleep(self.interval_s)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._batch_ready.wait(), timeout=self.interval_s)
-        self._batch_ready.clear()
-
-    async def run(self) -> None:
-        try:
-            while True:
-                await self._wait_for_work()
-                # Shielded: a cancel must not abandon a batch the sink may already have taken.
-                await asyncio.shield(self.flush())
-        except asyncio.CancelledError:
-            await self.flush()
-            raise
-
-    def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self.run(), name=self.name)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def pump(self) -> None:
         await self.flush()
 
 
@@ -135,7 +148,7 @@ class ConfirmingSink(Protocol):
     async def status(self, batch_ids: list[str]) -> dict[str, str]: ...
 
 
-class ConfirmedReporter:
+class ConfirmedReporter(ReporterLoop):
     """A reporter that loses nothing when either end dies, one at a time.
 
     ``add`` returns a receipt that resolves once the sink holds the record; a request awaits it
@@ -148,21 +161,13 @@ class ConfirmedReporter:
     """
 
     def __init__(self, sink: ConfirmingSink, *, max_batch: int = 200, interval_s: float = 0.5, max_buffer: int = 100_000, name: str = "reporter"):
-        if max_batch < 1 or max_buffer < 1 or interval_s <= 0:
-            raise ValueError(
-                f"need max_batch >= 1, max_buffer >= 1, interval_s > 0; got {max_batch}, {max_buffer}, {interval_s}"
-            )
+        super().__init__(max_batch=max_batch, interval_s=interval_s, max_buffer=max_buffer, name=name)
         self._sink = sink
-        self.max_batch, self.interval_s, self.max_buffer, self.name = max_batch, interval_s, max_buffer, name
-        self.dropped = 0
-        self.last_error: Exception | None = None
         self._waiting: deque[tuple[dict, asyncio.Future | None]] = deque()
         # Batches formed but not yet taken by the sink, then taken but not yet durable.
         self._outbox: dict[str, list[tuple[dict, asyncio.Future | None]]] = {}
         self._held: dict[str, list[dict]] = {}
-        self._work = asyncio.Event()
         self._pumping = asyncio.Lock()
-        self._task: asyncio.Task | None = None
 
     @property
     def pending(self) -> int:
@@ -223,35 +228,3 @@ class ConfirmedReporter:
                 # answered when the first copy arrived).
                 self._outbox[batch_id] = [(record, None) for record in self._held.pop(batch_id)]
                 self._work.set()
-
-    async def _wait_for_work(self) -> None:
-        if self.last_error is not None:
-            # Back off a whole interval, or a full buffer would hammer a failing sink.
-            await asyncio.sleep(self.interval_s)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._work.wait(), timeout=self.interval_s)
-        self._work.clear()
-
-    async def run(self) -> None:
-        try:
-            while True:
-                await self._wait_for_work()
-                # Shielded: a cancel must not abandon a batch the sink may already have taken.
-                await asyncio.shield(self.pump())
-        except asyncio.CancelledError:
-            await self.pump()
-            raise
-
-    def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self.run(), name=self.name)
-
-    async def stop(self) -> None:
-        """Stop the loop after handing over what waits; what is held stays with the sink."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self.pump()
