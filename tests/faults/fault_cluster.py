@@ -26,35 +26,26 @@ from cluster.config import OrchestraConfig
 from cluster.keys import KeyStore
 from cluster.storage import Storage
 from serve.builder import APP_NAME, INGRESS, build_application, cluster_env
-from serve.control import AUDIT, LIMITS, MONITOR, NAMESPACE, ROLLOUTS, TRAFFIC, flush_audit
+from serve.control import (
+    AUDIT,
+    LIMITS,
+    MONITOR,
+    NAMESPACE,
+    ROLLOUTS,
+    TRAFFIC,
+    flush_audit,
+)
 from tests.integration.conftest import free_port
+from tests.integration.two_node_cluster import ORCHESTRA as TWO_NODE_ORCHESTRA
 
 REPORT_PREFIX = "FAULT-REPORT "
 CONCURRENCY = 4
 # Load runs this long after a kill before the next one: enough for Serve to replace a replica.
 DWELL_S = 12.0
 TEXTS = ["I love this so much", "This is the worst service ever", "Where is my parcel?", "Great value, would buy again"]
-ORCHESTRA = {
-    "router": {"calibration": {"midpoint": 0.3, "temperature": 0.05}},
-    "ingress": {"autoscaling": {"min_replicas": 2, "max_replicas": 2}, "resources": {"num_cpus": 0.1}},
-    "agents": [
-        {
-            "name": "sentiment",
-            "kind": "sentiment",
-            "description": "Sentiment of reviews and opinions",
-            "examples": ["I love it", "This is awful"],
-            "versions": [
-                {
-                    "version": "v1",
-                    "weight": 100,
-                    "max_replicas_per_node": 1,
-                    "autoscaling": {"min_replicas": 2, "max_replicas": 2},
-                    "resources": {"num_cpus": 0.1},
-                }
-            ],
-        }
-    ],
-}
+# The two-node test's orchestra (a two-replica sentiment agent, one per node), with two ingress
+# replicas so that killing one leaves the other serving.
+ORCHESTRA = {**TWO_NODE_ORCHESTRA, "ingress": {"autoscaling": {"min_replicas": 2, "max_replicas": 2}, "resources": {"num_cpus": 0.1}}}
 
 
 class Load:
