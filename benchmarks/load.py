@@ -44,21 +44,26 @@ SSE_TYPE = "SSE"  # the locustfile's time-to-first-event rows: not requests of t
 LIFECYCLE = ("drift.", "retrain.", "rollout.")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the locust workload that every load benchmark takes (this one, the soak)."""
     port = os.environ.get("BATON_HTTP_PORT", "8000")
     parser.add_argument("--host", default=f"http://127.0.0.1:{port}", help="baton's URL (default http://127.0.0.1:$BATON_HTTP_PORT or 8000)")
     parser.add_argument("--users", type=int, default=16, help="concurrent locust users, document users included (default 16)")
     parser.add_argument("--document-users", type=int, default=2, help="of them, users that only extract receipts (default 2, at least 1)")
     parser.add_argument("--spawn-rate", type=float, default=4.0, help="users started per second (default 4)")
-    parser.add_argument("--duration", default="60s", help="locust run time, e.g. 60s, 2m (default 60s)")
-    parser.add_argument("--csv", default="build/locust/mixed", help="locust CSV prefix, relative to the repo (default build/locust/mixed)")
     parser.add_argument("--receipt", type=Path, default=RECEIPT, help="receipt image for /v1/extract (default ../shared/datasets/sroie-dev/000.jpg)")
     parser.add_argument("--reviews", type=Path, default=REVIEWS, help="SST-2 train.tsv for the sentiment invokes (default ../shared/datasets/sst2/train.tsv)")
     parser.add_argument("--doc", type=Path, default=DOC, help="Markdown file whose section is written (default docs/benchmarks.md)")
-    parser.add_argument("--no-doc", action="store_true", help="print the table only; leave docs/benchmarks.md alone")
+    parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_workload_arguments(parser)
+    parser.add_argument("--duration", default="60s", help="locust run time, e.g. 60s, 2m (default 60s)")
+    parser.add_argument("--csv", default="build/locust/mixed", help="locust CSV prefix, relative to the repo (default build/locust/mixed)")
     return parser.parse_args(argv)
 
 

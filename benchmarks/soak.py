@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.load import DOC, RECEIPT, REPO, REVIEWS, api_key, lifecycle_actions, locust_command, require_up, run_locust, served_versions
+from benchmarks.load import REPO, add_workload_arguments, api_key, lifecycle_actions, locust_command, require_up, run_locust, served_versions
 from benchmarks.request_path import write_section
 
 HEADING = "## Soak"
@@ -37,26 +37,13 @@ BUSY_SUFFIX = re.compile(r"\.(handle_request\w*|receive_asgi_messages|record|rec
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    port = os.environ.get("BATON_HTTP_PORT", "8000")
-    parser.add_argument("--host", default=f"http://127.0.0.1:{port}", help="baton's URL (default http://127.0.0.1:$BATON_HTTP_PORT or 8000)")
-    parser.add_argument("--users", type=int, default=16, help="locust users, document users included (default 16)")
-    parser.add_argument("--document-users", type=int, default=2, help="of them, users that only extract receipts (default 2)")
-    parser.add_argument("--spawn-rate", type=float, default=4.0, help="users started per second (default 4)")
+    add_workload_arguments(parser)
     parser.add_argument("--capacity-duration", default="60s", help="the open-ended run that measures capacity (default 60s)")
     parser.add_argument("--share", type=float, default=0.7, help="share of the measured capacity offered in the soak (default 0.7)")
     parser.add_argument("--duration", default="30m", help="soak length, e.g. 30m (default 30m)")
     parser.add_argument("--warmup-s", type=float, default=120.0, help="seconds of soak before the first memory sample (default 120)")
     parser.add_argument("--sample-s", type=float, default=60.0, help="seconds between memory samples (default 60)")
-    parser.add_argument("--receipt", type=Path, default=RECEIPT, help="receipt image for /v1/extract")
-    parser.add_argument("--reviews", type=Path, default=REVIEWS, help="SST-2 train.tsv for the sentiment invokes")
-    parser.add_argument("--doc", type=Path, default=DOC, help="Markdown file whose section is written (default docs/benchmarks.md)")
-    parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
     return parser.parse_args(argv)
-
-
-def seconds(duration: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600}
-    return float(duration[:-1]) * units[duration[-1]] if duration[-1] in units else float(duration)
 
 
 def request_rate(stats_csv: str) -> float:
