@@ -61,8 +61,10 @@ class LeasedLimiter:
         self._clock, self.max_keys = clock, max_keys
         self._leases: dict[str, tuple[int, float]] = {}
 
-    async def acquire(self, key: str, rate_per_s: float, burst: int) -> float:
-        """0.0 when the request may go, else the seconds until a token is free."""
+    async def acquire(self, key: str, rate_per_s: float | None = None, burst: int | None = None) -> float:
+        """0.0 when the request may go, else the seconds until a token is free. ``rate_per_s``/
+        ``burst`` override the fallback's defaults for keys with their own limit."""
+        rate_per_s, burst = rate_per_s or self.fallback.rate, burst or self.fallback.burst
         now = self._clock()
         tokens, lapses = self._leases.get(key, (0, 0.0))
         if tokens > 0 and now < lapses:

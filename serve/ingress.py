@@ -260,8 +260,7 @@ class Gateway:
         request.state.key = principal
         if not principal.allows(role):
             raise Forbidden(f"this key has role {principal.role!r}; the endpoint needs {role!r}")
-        limits = self.config.auth.rate_limit
-        wait_s = await self.limiter.acquire(principal.key_id, principal.rate_per_s or limits.requests_per_s, principal.burst or limits.burst)
+        wait_s = await self.limiter.acquire(principal.key_id, principal.rate_per_s, principal.burst)
         if wait_s > 0:
             raise RateLimited("rate limit exceeded for this key", retry_after_s=wait_s)
         return principal
