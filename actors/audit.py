@@ -396,14 +396,19 @@ def operator_record(
     }
 
 
-def write_operator_action(storage: Storage, principal: str, action: str, **fields: Any) -> dict[str, Any]:
-    """Write one operator action's record straight to storage, durably before returning, for
-    processes without the cluster's audit actor (the CLI). Takes operator_record's arguments."""
-    record = operator_record(principal, action, **fields)
-    # Operator records hold no request text, so no redactor is needed.
+def write_now(storage: Storage, records: list[dict[str, Any]]) -> None:
+    """Write operator records straight to storage, durably before returning: for writers that
+    have no reporter to keep them until an audit actor has written them (the CLI, the rollout
+    controller, the drift forwarder). They hold no request text, so no redactor is needed."""
     writer = AuditWriter(storage, store_input_text=False)
-    writer.write([record])
+    writer.accept(records)
     writer.close()
+
+
+def write_operator_action(storage: Storage, principal: str, action: str, **fields: Any) -> dict[str, Any]:
+    """Write one operator action's record durably (``write_now``). Takes operator_record's arguments."""
+    record = operator_record(principal, action, **fields)
+    write_now(storage, [record])
     return record
 
 

@@ -69,9 +69,10 @@ class MonitorActor(Identified):
 
         self.identity = identity
         drift = DriftSettings.model_validate(settings["drift"])
+        self._storage = Storage(storage_uri)
         self.monitor = Monitor(
             window_s=settings["monitor"]["window_s"],
-            storage=Storage(storage_uri),
+            storage=self._storage,
             retention_s=settings["monitor"]["retention_s"],
             prices=CostSettings.model_validate(settings["cost"]),
             drift=DriftWatch(drift, registry_references(storage_uri)),
@@ -124,20 +125,21 @@ class MonitorActor(Identified):
                 alerts = self.monitor.take_alerts()
             if alerts:
                 try:
-                    forward_drift_alerts(alerts, self._webhook)
-                except Exception:  # the audit actor or the webhook is down: alerts stay on /v1/admin/drift
+                    forward_drift_alerts(alerts, self._webhook, self._storage)
+                except Exception:  # storage or the webhook is down: alerts stay on /v1/admin/drift
                     logger.exception("could not forward %d drift alerts", len(alerts))
 
 
-def forward_drift_alerts(alerts: list[dict], webhook: str | None) -> None:
-    """Each alert becomes an audit record; the rollout controller may retrain on it."""
-    from actors.audit import operator_record
+def forward_drift_alerts(alerts: list[dict], webhook: str | None, storage: Storage) -> None:
+    """Each alert becomes an audit record, written before anyone acts on it; the rollout
+    controller may retrain on it."""
+    from actors.audit import operator_record, write_now
 
     records = [
         operator_record(MONITOR_PRINCIPAL, "drift.alert", after=alert, agent=alert.get("agent"), version=alert.get("version"))
         for alert in alerts
     ]
-    ray.get_actor(AUDIT, namespace=NAMESPACE).write.remote(records)
+    write_now(storage, records)
     try:
         rollouts = ray.get_actor(ROLLOUTS, namespace=NAMESPACE)
     except ValueError:
@@ -426,9 +428,9 @@ class RolloutActor(Identified):
         settings = OrchestraConfig.model_validate(config)
         traffic = ray.get_actor(TRAFFIC, namespace=NAMESPACE)
         monitor = MonitorShards(_existing_shards(MONITOR), {"monitor": settings.monitor.model_dump(), "cost": settings.cost.model_dump()})
-        self._audit_actor = ray.get_actor(AUDIT, namespace=NAMESPACE)
+        self._storage = Storage(storage_uri)
         self.controller = RolloutController(
-            Storage(storage_uri), ServeFleet(settings, storage_uri, traffic, app_name), ActorTraffic(traffic),
+            self._storage, ServeFleet(settings, storage_uri, traffic, app_name), ActorTraffic(traffic),
             ActorWindow(monitor), ModelRegistry(Storage(storage_uri)), self._audit,
             environment=settings.environment, require_approval=settings.require_approval, history=settings.rollouts.history,
         )
@@ -438,14 +440,14 @@ class RolloutActor(Identified):
         asyncio.run_coroutine_threadsafe(self._tick_forever(settings.rollouts.tick_s), self._loop)
 
     def _audit(self, action: str, output: dict, agent: str | None, version: str | None) -> None:
-        """A controller's step as an operator record: its before/after where it changes something."""
-        from actors.audit import operator_record
+        """A controller's step as an operator record, written before the step counts as done:
+        its before/after where it changes something."""
+        from actors.audit import write_operator_action
 
         extra = {key: value for key, value in output.items() if key not in ("before", "after")}
-        record = operator_record(
-            ROLLOUT_PRINCIPAL, action, before=output.get("before"), after=output.get("after"), agent=agent, version=version, extra=extra
+        write_operator_action(
+            self._storage, ROLLOUT_PRINCIPAL, action, before=output.get("before"), after=output.get("after"), agent=agent, version=version, extra=extra
         )
-        self._audit_actor.write.remote([record])
 
     async def _tick_forever(self, tick_s: float) -> None:
         while True:
