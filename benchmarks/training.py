@@ -24,15 +24,18 @@ from cluster.registry import ModelRegistry
 from cluster.storage import Storage
 from train.data import load_dataset
 from train.finetune import (
-    batch_tensors,
-    bucketed_batches,
     build_model,
     build_trainer,
-    encode,
+    chunk_rows,
+    label_array,
     loop_config,
     resolve_base_model,
+    row_chunks,
     run_epoch,
     seed_everything,
+    steps_per_epoch,
+    training_batches,
+    training_datasets,
 )
 from train.recipe import Recipe
 
@@ -67,13 +70,12 @@ def plain_loop(base: Recipe, threads: int) -> float:
     seed_everything(base.training.seed)
     data = load_dataset(base.data)
     tokenizer, model = build_model(resolve_base_model(None, base.storage), data.labels)
-    label_ids = {label: i for i, label in enumerate(data.labels)}
-    encoded = encode(tokenizer, data.train.texts, data.train.labels, label_ids, base.training.max_length)
-    batches = bucketed_batches(encoded, base.training.batch_size, base.training.seed)
-    steps = (batch_tensors(encoded, indices, tokenizer.pad_token_id) for indices in batches)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=base.training.learning_rate)
+    training = base.training
+    chunks = row_chunks(data.train.texts, label_array(data.train.labels, data.labels), chunk_rows(training.batch_size), seed=training.seed)
+    batches = training_batches(chunks, tokenizer, training.batch_size, training.max_length, training.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    _, rate = run_epoch(model, steps, len(batches), optimizer, scheduler, 0, 1, rank=1)
+    _, rate, _ = run_epoch(model, batches, steps_per_epoch(len(data.train), training.batch_size), optimizer, scheduler, 0, 1, rank=1)
     return rate
 
 
@@ -83,7 +85,8 @@ def ray_train(base: Recipe, workers: int) -> tuple[float, float]:
     data = load_dataset(scaled.data)
     storage = Storage(scaled.storage)
     started = time.perf_counter()
-    result = build_trainer(scaled, loop_config(scaled, data, storage.uri), storage, f"bench-{workers}w-{int(time.time())}").fit()
+    datasets = training_datasets(data, scaled.training.seed)
+    result = build_trainer(scaled, loop_config(scaled, data, storage.uri), datasets, storage, f"bench-{workers}w-{int(time.time())}").fit()
     return float(result.metrics["samples_per_s"]), time.perf_counter() - started
 
 
@@ -105,7 +108,7 @@ def search(base: Recipe, learning_rates: list[float], epochs: int, asha: bool) -
     run = f"bench-{'asha' if asha else 'grid'}-{int(time.time())}"
     trainable = tune.with_resources(
         tune.with_parameters(trial, recipe_json=tuned.model_dump(mode="json"), base=loop_config(tuned, data, storage.uri),
-                             storage_uri=storage.uri, run=run),
+                             datasets=training_datasets(data, tuned.training.seed), storage_uri=storage.uri, run=run),
         TRIAL_DRIVER_RESOURCES,
     )
     started = time.perf_counter()

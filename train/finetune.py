@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
+import math
 import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -71,86 +72,102 @@ def build_model(base_path: str, labels: list[str]):
     return tokenizer, model
 
 
-@dataclass
-class Encoded:
-    """Token ids per example (unpadded) and label ids; batches are padded when drawn."""
-
-    input_ids: list[list[int]]
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
+CHUNK_BATCHES = 50  # batches per length-sorted chunk: enough to group lengths, few enough to stay random
+BLOCK_BYTES = 16 * 1024**2  # Ray Data block size of the examples: small enough to spread over workers
 
 
-def encode(tokenizer, texts: list[str], labels: list[str], label_ids: dict[str, int], max_length: int) -> Encoded:
-    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    return Encoded(ids, np.asarray([label_ids[label] for label in labels], dtype=np.int64))
+def chunk_rows(batch_size: int) -> int:
+    return batch_size * CHUNK_BATCHES
 
 
-def collate(batch: list[tuple[list[int], int]], pad_id: int) -> dict:
+def steps_per_epoch(rows: int, batch_size: int) -> int:
+    """Batches :func:`training_batches` draws from ``rows`` rows read in chunks of :func:`chunk_rows`."""
+    span = chunk_rows(batch_size)
+    return rows // span * CHUNK_BATCHES + math.ceil(rows % span / batch_size)
+
+
+def row_chunks(texts: list[str], labels: np.ndarray, size: int, seed: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Examples held in memory as the chunks a Ray Data shard yields (``text`` and ``label``
+    arrays of ``size`` rows), in a seeded random order, or in the given order without a seed."""
+    order = np.arange(len(texts)) if seed is None else np.random.default_rng(seed).permutation(len(texts))
+    text_array = np.asarray(texts, dtype=object)
+    for start in range(0, len(order), size):
+        part = order[start : start + size]
+        yield {"text": text_array[part], "label": labels[part]}
+
+
+def label_array(labels: list[str], names: list[str]) -> np.ndarray:
+    ids = {name: i for i, name in enumerate(names)}
+    return np.asarray([ids[label] for label in labels], dtype=np.int64)
+
+
+def collate(input_ids: list[list[int]], labels: np.ndarray, pad_id: int, device=None) -> dict:
+    """Token ids padded to the longest row, with their attention mask and labels, on ``device``."""
     import torch
 
-    width = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (ids, _) in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
+    width = max(len(ids) for ids in input_ids)
+    padded = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(input_ids), width), dtype=torch.long)
+    for row, ids in enumerate(input_ids):
+        padded[row, : len(ids)] = torch.tensor(ids)
         attention[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": torch.tensor([label for _, label in batch])}
-
-
-def bucketed_batches(encoded: Encoded, batch_size: int, seed: int, rank: int = 0, world: int = 1, chunk: int = 50) -> list[list[int]]:
-    """This worker's batches for one epoch: a seeded shuffle, then batches of similar length
-    within chunks of ``chunk`` batches, in shuffled order.
-
-    Short texts then are not padded to the longest text of a random batch, which halves the
-    work on short-sentence data. Every worker derives the same list from the seed and takes
-    every ``world``-th batch, cut to equal counts so data-parallel steps stay in lockstep.
-    """
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(encoded))
-    lengths = np.asarray([len(ids) for ids in encoded.input_ids])
-    batches = []
-    span = batch_size * chunk
-    for start in range(0, len(order), span):
-        part = order[start : start + span]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches += [part[i : i + batch_size].tolist() for i in range(0, len(part), batch_size)]
-    batches = [batches[i] for i in rng.permutation(len(batches))]
-    usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
-    return batches[:usable][rank::world]
-
-
-def batch_tensors(encoded: Encoded, indices: list[int], pad_id: int, device=None) -> dict:
-    batch = collate([(encoded.input_ids[i], int(encoded.labels[i])) for i in indices], pad_id)
+    batch = {"input_ids": padded, "attention_mask": attention, "labels": torch.tensor(np.asarray(labels, dtype=np.int64))}
     return batch if device is None else {name: tensor.to(device) for name, tensor in batch.items()}
 
 
-def evaluate(model, encoded: Encoded, batch_size: int, pad_id: int, rank: int = 0, world: int = 1, device=None) -> tuple[np.ndarray, float]:
-    """(probabilities, summed loss) over this worker's shard ``rank::world`` of the examples;
-    the model's train/eval mode is left as it was."""
+def training_batches(chunks: Iterable[dict], tokenizer, batch_size: int, max_length: int, seed: int, device=None) -> Iterator[dict]:
+    """An epoch's batches: each chunk of rows is tokenized, cut into batches of similar length,
+    and its batches are drawn in a seeded random order.
+
+    Short texts then are not padded to the longest text of a random batch, which halves the
+    work on short-sentence data.
+    """
+    rng = np.random.default_rng(seed)
+    pad_id = tokenizer.pad_token_id or 0
+    for rows in chunks:
+        ids = tokenizer(list(rows["text"]), truncation=True, max_length=max_length)["input_ids"]
+        order = np.argsort([len(row) for row in ids], kind="stable")
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        for drawn in rng.permutation(len(batches)):
+            yield collate([ids[i] for i in batches[drawn]], rows["label"][batches[drawn]], pad_id, device)
+
+
+def evaluation_batches(chunks: Iterable[dict], tokenizer, max_length: int, device=None) -> Iterator[dict]:
+    pad_id = tokenizer.pad_token_id or 0
+    for rows in chunks:
+        ids = tokenizer(list(rows["text"]), truncation=True, max_length=max_length)["input_ids"]
+        yield collate(ids, rows["label"], pad_id, device)
+
+
+def evaluate(model, batches: Iterable[dict]) -> tuple[np.ndarray, np.ndarray, float]:
+    """(probabilities, true label ids, summed loss) over ``batches``; the model's train/eval
+    mode is left as it was."""
     import torch
 
-    indices = list(range(rank, len(encoded), world))
-    probabilities, loss_sum = [], 0.0
+    probabilities, truth, loss_sum = [], [], 0.0
+    # The bare module: DDP's forward syncs buffers with the other workers, which would wait
+    # forever on a worker that has fewer validation batches.
+    model = unwrap(model)
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(indices), batch_size):
-            batch = batch_tensors(encoded, indices[start : start + batch_size], pad_id, device)
+        for batch in batches:
             output = model(**batch)
             loss_sum += output.loss.item() * len(batch["labels"])
             probabilities.append(torch.softmax(output.logits, dim=-1).cpu().numpy())
+            truth.append(batch["labels"].cpu().numpy())
     model.train(was_training)
-    width = unwrap(model).config.num_labels
-    return (np.concatenate(probabilities) if probabilities else np.zeros((0, width))), loss_sum
+    if not probabilities:
+        return np.zeros((0, model.config.num_labels)), np.zeros(0, dtype=np.int64), 0.0
+    return np.concatenate(probabilities), np.concatenate(truth), loss_sum
 
 
 # -- the per-worker training loop ---------------------------------------------------------
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Runs on every Ray Train worker; ``config`` carries the recipe and the prepared examples."""
+    """Runs on every Ray Train worker: ``config`` carries the recipe and row counts; the examples
+    stream from this worker's shard of the ``train`` dataset and from the ``validation`` dataset."""
     import ray.train
     import torch
     import torch.distributed as dist
@@ -164,15 +181,14 @@ def train_loop_per_worker(config: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     labels: list[str] = config["labels"]
-    label_ids = {label: i for i, label in enumerate(labels)}
     tokenizer, model = build_model(resolve_base_model(recipe.base_model, config["storage_uri"]), labels)
-    pad_id = tokenizer.pad_token_id or 0
-    train_set = encode(tokenizer, config["train_texts"], config["train_labels"], label_ids, training.max_length)
-    validation = encode(tokenizer, config["val_texts"], config["val_labels"], label_ids, training.max_length)
+    train_shard, validation = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("validation")
     device = get_device()
     model = prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay)
-    total_steps = len(bucketed_batches(train_set, training.batch_size, training.seed, rank, world)) * training.epochs
+    # The train dataset is split into equal shards (rows dropped to make them so): every worker takes as many steps.
+    steps = steps_per_epoch(config["train_rows"] // world, training.batch_size)
+    total_steps = steps * training.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * training.warmup_ratio), total_steps)
     state = {"epoch": -1, "best": None, "stale_epochs": 0}
     checkpoint = ray.train.get_checkpoint()
@@ -184,20 +200,26 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
         log(rank, f"resumed from the checkpoint of epoch {state['epoch'] + 1}; continuing with epoch {state['epoch'] + 2}")
-    oos_index = label_ids.get(recipe.evaluation.oos_label) if recipe.evaluation.oos_label else None
+    oos_index = labels.index(recipe.evaluation.oos_label) if recipe.evaluation.oos_label in labels else None
     for epoch in range(state["epoch"] + 1, training.epochs):
-        batches = bucketed_batches(train_set, training.batch_size, training.seed + epoch, rank, world)
-        steps = (batch_tensors(train_set, indices, pad_id, device) for indices in batches)
-        train_loss, samples_per_s = run_epoch(model, steps, len(batches), optimizer, scheduler, epoch, training.epochs, rank)
-        probabilities, loss_sum = evaluate(model, validation, training.eval_batch_size, pad_id, rank, world, device)
-        shard_labels = validation.labels[rank::world]
+        span = chunk_rows(training.batch_size)
+        chunks = train_shard.iter_batches(
+            batch_size=span, batch_format="numpy", local_shuffle_buffer_size=2 * span, local_shuffle_seed=training.seed + epoch
+        )
+        batches = itertools.islice(training_batches(chunks, tokenizer, training.batch_size, training.max_length, training.seed + epoch, device), steps)
+        train_loss, samples_per_s, seen = run_epoch(model, batches, steps, optimizer, scheduler, epoch, training.epochs, rank)
+        # Every worker reads all of validation and scores every world-th batch of it.
+        mine = (rows for index, rows in enumerate(validation.iter_batches(batch_size=training.eval_batch_size, batch_format="numpy")) if index % world == rank)
+        probabilities, shard_labels, loss_sum = evaluate(model, evaluation_batches(mine, tokenizer, training.max_length, device))
         confusion = confusion_matrix(shard_labels, predictions(probabilities, oos_index, recipe.evaluation.oos_threshold), len(labels))
-        confusion, loss_sum, train_loss = all_reduce(confusion, loss_sum, train_loss, world, dist)
+        confusion, (loss_sum, train_loss, seen) = all_reduce(confusion, [loss_sum, train_loss, seen], world, dist)
         metrics = {
             "epoch": epoch + 1,
             "train_loss": round(train_loss / world, 5),
-            "val_loss": round(loss_sum / len(validation), 5),
+            "val_loss": round(loss_sum / config["validation_rows"], 5),
             "samples_per_s": round(samples_per_s * world, 1),
+            # Rows trained on this epoch, all workers together: each read only its shard.
+            "train_rows": int(seen),
             **classification_metrics(confusion, labels, oos_index),
         }
         score = metrics[recipe.evaluation.metric]
@@ -216,8 +238,9 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def run_epoch(model, batches, steps: int, optimizer, scheduler, epoch: int, epochs: int, rank: int) -> tuple[float, float]:
-    """One pass over ``steps`` batches; rank 0 prints a progress bar line every ~10% of the epoch."""
+def run_epoch(model, batches, steps: int, optimizer, scheduler, epoch: int, epochs: int, rank: int) -> tuple[float, float, int]:
+    """One pass over ``steps`` batches: (mean loss, samples/s, samples); rank 0 prints a progress
+    bar line every ~10% of the epoch."""
     started, seen, loss_sum = time.perf_counter(), 0, 0.0
     next_mark = 0.1
     for step, batch in enumerate(batches, 1):
@@ -232,19 +255,19 @@ def run_epoch(model, batches, steps: int, optimizer, scheduler, epoch: int, epoc
             next_mark += 0.1
             rate = seen / (time.perf_counter() - started)
             log(rank, f"epoch {epoch + 1}/{epochs} {progress_bar(step / steps)} {step}/{steps} loss {loss_sum / seen:.4f} {rate:.0f} samples/s")
-    return loss_sum / max(seen, 1), seen / (time.perf_counter() - started)
+    return loss_sum / max(seen, 1), seen / (time.perf_counter() - started), seen
 
 
-def all_reduce(confusion: np.ndarray, loss_sum: float, train_loss: float, world: int, dist) -> tuple[np.ndarray, float, float]:
-    """Sum per-shard counts over workers so every worker sees identical metrics."""
+def all_reduce(confusion: np.ndarray, sums: list[float], world: int, dist) -> tuple[np.ndarray, list[float]]:
+    """Sum per-shard counts and ``sums`` over workers so every worker sees identical metrics."""
     if world == 1:
-        return confusion, loss_sum, train_loss
+        return confusion, sums
     import torch
 
-    flat = torch.tensor(np.concatenate([confusion.ravel().astype(np.float64), [loss_sum, train_loss]]))
+    flat = torch.tensor(np.concatenate([confusion.ravel().astype(np.float64), sums]))
     dist.all_reduce(flat)
     values = flat.numpy()
-    return values[:-2].astype(np.int64).reshape(confusion.shape), float(values[-2]), float(values[-1])
+    return values[: confusion.size].astype(np.int64).reshape(confusion.shape), [float(v) for v in values[confusion.size :]]
 
 
 def report_epoch(metrics: dict, model, tokenizer, optimizer, scheduler, state: dict, rank: int) -> None:
@@ -285,14 +308,39 @@ def log(rank: int, message: str) -> None:
 
 
 def loop_config(recipe: Recipe, data: PreparedData, storage_uri: str) -> dict[str, Any]:
+    """What every worker is handed besides its data: the recipe, the label names and row counts."""
     return {
         "recipe": recipe.model_dump(mode="json"),
         "storage_uri": storage_uri,
         "labels": data.labels,
-        "train_texts": data.train.texts,
-        "train_labels": data.train.labels,
-        "val_texts": data.validation.texts,
-        "val_labels": data.validation.labels,
+        "train_rows": len(data.train),
+        "validation_rows": len(data.validation),
+    }
+
+
+def training_datasets(data: PreparedData, seed: int) -> dict[str, Any]:
+    """The examples as Ray Datasets in the object store, which spills to disk: workers stream
+    their shard rather than each receiving every example.
+
+    Train rows are shuffled once here (seeded), so the workers' local shuffle buffers see mixed
+    labels even when a file is sorted by label.
+    """
+    import pyarrow as pa
+    import ray.data
+
+    def blocks(texts: list[str], labels: np.ndarray) -> list[pa.Table]:
+        table = pa.table({"text": pa.array(texts, type=pa.large_string()), "label": pa.array(labels)})
+        rows = max(1, int(len(texts) * BLOCK_BYTES / max(table.nbytes, 1)))
+        return [table.slice(start, rows) for start in range(0, len(texts), rows)]
+
+    # from_blocks, not from_arrow: from_arrow reads each block's schema in a task that asks for
+    # a whole CPU, which never starts on a cluster whose CPUs Serve replicas partly hold.
+    order = np.random.default_rng(seed).permutation(len(data.train))
+    train_texts = [data.train.texts[i] for i in order]
+    train_labels = label_array(data.train.labels, data.labels)[order]
+    return {
+        "train": ray.data.from_blocks(blocks(train_texts, train_labels)),
+        "validation": ray.data.from_blocks(blocks(data.validation.texts, label_array(data.validation.labels, data.labels))),
     }
 
 
@@ -302,8 +350,9 @@ def run_name(recipe: Recipe, data: PreparedData) -> str:
     return f"{recipe.name}-{digest.hexdigest()[:10]}"
 
 
-def build_trainer(recipe: Recipe, loop: dict[str, Any], storage: Storage, name: str, callbacks: list | None = None):
+def build_trainer(recipe: Recipe, loop: dict[str, Any], datasets: dict[str, Any], storage: Storage, name: str, callbacks: list | None = None):
     import ray.train
+    from ray.train import DataConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     scaling = recipe.scaling
@@ -317,6 +366,10 @@ def build_trainer(recipe: Recipe, loop: dict[str, Any], storage: Storage, name: 
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop,
+        datasets=datasets,
+        # Validation is not split: each worker reads it whole and scores its own batches of it.
+        # Kept order makes the shards, and so a rerun's metrics, the same every time.
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ordered_ingest()),
         torch_config=torch_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=dict(scaling.resources_per_worker)
@@ -331,6 +384,14 @@ def build_trainer(recipe: Recipe, loop: dict[str, Any], storage: Storage, name: 
             callbacks=callbacks or [],
         ),
     )
+
+
+def ordered_ingest():
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def best_checkpoint(result, metric: str):
@@ -364,7 +425,7 @@ def register_result(recipe: Recipe, data: PreparedData, storage: Storage, checkp
         )
 
 
-METRIC_KEYS = ("epoch", "accuracy", "macro_f1", "per_class_f1", "in_scope_accuracy", "oos_recall", "val_loss", "train_loss", "samples_per_s")
+METRIC_KEYS = ("epoch", "accuracy", "macro_f1", "per_class_f1", "in_scope_accuracy", "oos_recall", "val_loss", "train_loss", "samples_per_s", "train_rows")
 
 
 def finetune(recipe: Recipe, *, storage_uri: str | None = None, fresh: bool = False, echo: Callable[[str], None] = print) -> Manifest:
@@ -378,7 +439,8 @@ def finetune(recipe: Recipe, *, storage_uri: str | None = None, fresh: bool = Fa
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
     started = time.perf_counter()
-    result = build_trainer(recipe, loop_config(recipe, data, storage.uri), storage, name).fit()
+    datasets = training_datasets(data, recipe.training.seed)
+    result = build_trainer(recipe, loop_config(recipe, data, storage.uri), datasets, storage, name).fit()
     checkpoint, metrics = best_checkpoint(result, recipe.evaluation.metric)
     manifest = register_result(recipe, data, storage, checkpoint, metrics, extra={"train_wall_s": round(time.perf_counter() - started, 1), "run": name})
     echo(f"registered {manifest.name}:{manifest.version} ({recipe.evaluation.metric} {metrics[recipe.evaluation.metric]:.4f}) in {time.perf_counter() - started:.0f}s")

@@ -24,7 +24,7 @@ from cluster.errors import BatonError, ConfigError, exit_code
 from cluster.registry import REF_SCHEME, Manifest, ModelRegistry
 from cluster.storage import Storage
 from train.data import DataError, Examples, PreparedData, load_dataset
-from train.finetune import batch_tensors, bucketed_batches, encode, evaluate, seed_everything
+from train.finetune import chunk_rows, evaluate, evaluation_batches, label_array, row_chunks, seed_everything, steps_per_epoch, training_batches
 from train.metrics import choose_oos_threshold, classification_metrics, confusion_matrix, oos_tradeoff
 from train.recipe import Recipe, TrainingSettings, load_recipe
 
@@ -104,17 +104,16 @@ def _train_student(
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    encoded = encode(tokenizer, train.texts, train.labels, {label: i for i, label in enumerate(labels)}, training.max_length)
-    pad_id = tokenizer.pad_token_id or 0
+    label_ids = label_array(train.labels, labels)
     optimizer = torch.optim.AdamW(student.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay)
-    total_steps = len(bucketed_batches(encoded, training.batch_size, training.seed)) * epochs
+    total_steps = steps_per_epoch(len(train), training.batch_size) * epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * training.warmup_ratio), total_steps)
     teacher.eval()
     student.train()
     for epoch in range(epochs):
         loss_sum = 0.0
-        for indices in bucketed_batches(encoded, training.batch_size, training.seed + epoch):
-            batch = batch_tensors(encoded, indices, pad_id)
+        chunks = row_chunks(train.texts, label_ids, chunk_rows(training.batch_size), seed=training.seed + epoch)
+        for batch in training_batches(chunks, tokenizer, training.batch_size, training.max_length, training.seed + epoch):
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
             with torch.no_grad():
                 teacher_logits = teacher(**inputs).logits
@@ -124,9 +123,9 @@ def _train_student(
             scheduler.step()
             optimizer.zero_grad()
             loss_sum += loss.item() * len(batch["labels"])
-        echo(f"epoch {epoch + 1}/{epochs}: distillation loss {loss_sum / len(encoded):.4f}")
+        echo(f"epoch {epoch + 1}/{epochs}: distillation loss {loss_sum / len(train):.4f}")
     student.eval()
-    return loss_sum / len(encoded)
+    return loss_sum / len(train)
 
 
 # -- measuring a derived model against its source -------------------------------------------
@@ -134,10 +133,9 @@ def _train_student(
 
 def _probabilities(tokenizer: Any, model: Any, examples: Examples, labels: list[str], recipe: Recipe) -> tuple[np.ndarray, np.ndarray, float]:
     """(class probabilities, true label ids, mean loss) of ``model`` on ``examples``."""
-    label_ids = {label: i for i, label in enumerate(labels)}
-    encoded = encode(tokenizer, examples.texts, examples.labels, label_ids, recipe.training.max_length)
-    probabilities, loss_sum = evaluate(model, encoded, recipe.training.eval_batch_size, tokenizer.pad_token_id or 0)
-    return probabilities, encoded.labels, round(loss_sum / len(encoded), 5)
+    chunks = row_chunks(examples.texts, label_array(examples.labels, labels), recipe.training.eval_batch_size)
+    probabilities, truth, loss_sum = evaluate(model, evaluation_batches(chunks, tokenizer, recipe.training.max_length))
+    return probabilities, truth, round(loss_sum / len(examples), 5)
 
 
 def _metrics_at(probabilities: np.ndarray, truth: np.ndarray, labels: list[str], evaluation: Any) -> tuple[dict[str, Any], np.ndarray]:

@@ -19,7 +19,7 @@ from cluster.errors import BatonError, ConfigError, exit_code
 from cluster.registry import Manifest
 from cluster.storage import Storage
 from train.data import load_dataset
-from train.finetune import build_trainer, loop_config, register_result, run_name
+from train.finetune import build_trainer, loop_config, register_result, run_name, training_datasets
 from train.recipe import Recipe, SearchDimension, load_recipe
 
 
@@ -46,7 +46,7 @@ def concurrency(recipe: Recipe, cluster_cpus: float) -> int:
     return max(1, min(recipe.search.num_samples, math.floor(cluster_cpus / per_trial + 1e-9)))
 
 
-def trial(config: dict, recipe_json: dict, base: dict, storage_uri: str, run: str) -> None:
+def trial(config: dict, recipe_json: dict, base: dict, datasets: dict, storage_uri: str, run: str) -> None:
     """One Tune trial: a TorchTrainer whose reports flow to Tune (the Train-in-Tune pattern)."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -55,7 +55,7 @@ def trial(config: dict, recipe_json: dict, base: dict, storage_uri: str, run: st
     overrides = dict(config["train_loop_config"])
     trial_name = f"{run}-{ray.tune.get_context().get_trial_id()}"
     loop = base | {"overrides": overrides}
-    trainer = build_trainer(recipe, loop, Storage(storage_uri), trial_name, callbacks=[TuneReportCallback()])
+    trainer = build_trainer(recipe, loop, datasets, Storage(storage_uri), trial_name, callbacks=[TuneReportCallback()])
     trainer.fit()
 
 
@@ -81,7 +81,7 @@ def search(recipe: Recipe, *, storage_uri: str | None = None, echo: Callable[[st
     trainable = tune.with_resources(
         tune.with_parameters(
             trial, recipe_json=recipe.model_dump(mode="json"), base=loop_config(recipe, data, storage.uri),
-            storage_uri=storage.uri, run=run,
+            datasets=training_datasets(data, recipe.training.seed), storage_uri=storage.uri, run=run,
         ),
         TRIAL_DRIVER_RESOURCES,
     )
