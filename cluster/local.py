@@ -1,4 +1,5 @@
-"""The local Ray head that ``make up`` / ``baton up`` starts: start, stop and probe it."""
+"""The Ray cluster baton talks to: the local head that ``make up`` / ``baton up`` starts (start,
+stop, probe it), or an existing cluster named by ``--address`` or ``RAY_ADDRESS``."""
 
 from __future__ import annotations
 
@@ -10,13 +11,40 @@ from pathlib import Path
 import httpx
 
 DASHBOARD_URL = "http://127.0.0.1:8265"
+ADDRESS_VAR = "RAY_ADDRESS"
 # What a job's working directory (the repository) leaves behind when it is uploaded.
-JOB_EXCLUDES = [".venv", ".baton", ".baton-test", ".git", "__pycache__", "*.pt", "*.safetensors"]
+JOB_EXCLUDES = [".venv", ".baton", ".baton-test", ".git", "__pycache__", "build", "*.pt", "*.safetensors"]
 
 
-def run_job(entrypoint: str, env_vars: dict[str, str], follow: bool) -> None:
-    """Submit ``entrypoint`` as a Ray job of the running cluster, with the repository as its
-    working directory; with ``follow``, stream its logs and fail unless it succeeds."""
+def given_address(address: str | None = None) -> str | None:
+    """The cluster named by ``--address``, else by ``$RAY_ADDRESS``; None means the local head."""
+    return address or os.environ.get(ADDRESS_VAR) or None
+
+
+def api_url(address: str | None = None) -> str:
+    """The dashboard (jobs and Serve REST API) URL of the cluster at ``address``: an http(s)
+    URL as given, a Ray Client ``ray://`` address or a GCS ``host:port`` asked for it."""
+    address = given_address(address)
+    if address is None:
+        return DASHBOARD_URL
+    if address.startswith(("http://", "https://")):
+        return address.rstrip("/")
+    from ray.dashboard.utils import ray_address_to_api_server_url, ray_client_address_to_api_server_url
+
+    from cluster.errors import BatonError
+
+    try:
+        if address.startswith("ray://"):
+            return ray_client_address_to_api_server_url(address)
+        return ray_address_to_api_server_url(address)
+    except (ConnectionError, ValueError, RuntimeError) as error:
+        raise BatonError(f"no Ray cluster answers at {address}: {error}") from None
+
+
+def run_job(entrypoint: str, env_vars: dict[str, str], follow: bool, address: str | None = None) -> str:
+    """Submit ``entrypoint`` as a Ray job of the cluster (the local head, or ``address``), with
+    the repository as its working directory, and return its id; with ``follow``, stream its
+    logs and fail unless it succeeds."""
     import asyncio
     import time
 
@@ -24,11 +52,12 @@ def run_job(entrypoint: str, env_vars: dict[str, str], follow: bool) -> None:
 
     from cluster.errors import BatonError
 
-    client = JobSubmissionClient(DASHBOARD_URL)
+    url = api_url(address)
+    client = JobSubmissionClient(url)
     job = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": ".", "excludes": JOB_EXCLUDES, "env_vars": env_vars})
-    print(f"submitted {job} to {DASHBOARD_URL} (follow: ray job logs -f {job})", file=sys.stderr)
+    print(f"submitted {job} to {url} (follow: ray job logs --address {url} -f {job})", file=sys.stderr)
     if not follow:
-        return
+        return job
 
     async def stream() -> None:
         async for lines in client.tail_job_logs(job):
@@ -39,6 +68,7 @@ def run_job(entrypoint: str, env_vars: dict[str, str], follow: bool) -> None:
         time.sleep(1)
     if status != JobStatus.SUCCEEDED:
         raise BatonError(f"job {job} ended {status.value}")
+    return job
 
 
 def ray_cli() -> str:

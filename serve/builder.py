@@ -206,8 +206,12 @@ def build_application(config: OrchestraConfig, storage_uri: str) -> Application:
 
 def build_app(args: dict[str, Any]) -> Application:
     """Serve application builder: ``import_path: serve.builder:build_app`` with
-    ``args: {config: <orchestra.yaml>, base_dir: <repo root>, environment: <env or overlay file>}``.
+    ``args: {config: <orchestra.yaml>, base_dir: <repo root>, environment: <env or overlay file>}``,
+    or with ``args: {orchestra: <the loaded orchestra>}`` from a deploy that uploaded its code.
     """
+    if "orchestra" in args:
+        config = OrchestraConfig.model_validate(args["orchestra"])
+        return build_application(config, resolve_storage_uri(config, Path(args.get("base_dir") or ".")))
     config_path = Path(args["config"])
     base_dir = Path(args.get("base_dir") or config_path.resolve().parent.parent)
     config = load(config_path, args.get("environment"), base_dir)
@@ -225,6 +229,14 @@ def _app_args(config: OrchestraConfig, config_path: str | Path, base_dir: str | 
     args["code_version"] = code_version()
     args["models"] = pinned_models(config)
     return args
+
+
+def _inline_args(config: OrchestraConfig, base_dir: str | Path) -> dict[str, Any]:
+    """build_app's args for a cluster that runs an uploaded copy of this checkout: the orchestra
+    itself (overlay applied, models pinned, storage resolved here), since the cluster has none
+    of this machine's paths."""
+    storage = resolve_storage_uri(config, base_dir)
+    return {"orchestra": config.model_copy(update={"storage": storage}).model_dump(mode="json"), "code_version": code_version()}
 
 
 def _image_args(config_path: str | Path, base_dir: str | Path, environment: str | None, image_root: str) -> dict[str, Any]:
@@ -271,9 +283,11 @@ def serve_config(
     image_root: str | None = None,
 ) -> dict[str, Any]:
     """The ``serve deploy`` file for an orchestra in an environment: same deployments, options
-    spelled out. With ``image_root`` (where the repository lies in a container image), paths
-    point there and the deploy is not pinned to this checkout's commit and registry aliases:
-    the image carries the code, and the cluster resolves aliases on its own storage."""
+    spelled out. With ``working_dir`` (the URI of this checkout uploaded to the cluster), the
+    orchestra travels inline. With ``image_root`` (where the repository lies in a container
+    image), paths point there and the deploy is not pinned to this checkout's commit and
+    registry aliases: the image carries the code, and the cluster resolves aliases on its own
+    storage."""
     config = load(config_path, environment, base_dir)
     if image_root is None:
         config = pin_models(config, resolve_storage_uri(config, base_dir))
@@ -282,8 +296,13 @@ def serve_config(
         for version in agent.versions:
             deployments.append({"name": deployment_name(agent.name, version.version), **version_options(version)})
     runtime_env: dict[str, Any] = {"env_vars": dict(RUNTIME_ENV_VARS)}
-    if working_dir:
+    if image_root is not None:
+        app_args = _image_args(config_path, base_dir, environment, image_root)
+    elif working_dir:
         runtime_env["working_dir"] = working_dir
+        app_args = _inline_args(config, base_dir)
+    else:
+        app_args = _app_args(config, config_path, base_dir, environment)
     return {
         "proxy_location": "HeadOnly",
         "http_options": http_options(config, base_dir),
@@ -292,8 +311,7 @@ def serve_config(
                 "name": APP_NAME,
                 "route_prefix": "/",
                 "import_path": "serve.builder:build_app",
-                "args": _app_args(config, config_path, base_dir, environment) if image_root is None
-                else _image_args(config_path, base_dir, environment, image_root),
+                "args": app_args,
                 "runtime_env": runtime_env,
                 "deployments": deployments,
             }

@@ -29,6 +29,10 @@ DEFAULT_CONFIG = Path("configs/orchestra.yaml")
 DEV_KEY = Path(".baton/dev-key")
 console = Console(stderr=True)
 ConfigOption = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="Orchestra config file.")
+AddressOption = typer.Option(
+    None, "--address", envvar=local.ADDRESS_VAR,
+    help="An existing Ray cluster (ray://head:10001, http://head:8265 or head:6379) instead of the local head.",
+)
 EnvOption = typer.Option(
     None, "--env", envvar=ENVIRONMENT_VAR,
     help="Environment overlaid on the orchestra: dev, test, prod (configs/environments/) or an overlay .yaml file.",
@@ -46,8 +50,9 @@ def _storage(config: OrchestraConfig) -> Storage:
     return Storage(resolve_storage_uri(config, Path.cwd()))
 
 
-def _base_url(config: OrchestraConfig) -> str:
-    host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::") else config.http.host
+def _base_url(config: OrchestraConfig, api: str = local.DASHBOARD_URL) -> str:
+    """Where the front door answers: the proxy on the head, whose host the API URL names."""
+    host = httpx.URL(api).host if config.http.host in ("0.0.0.0", "::") else config.http.host
     scheme = "https" if config.http.tls is not None else "http"
     return f"{scheme}://{host}:{config.http_port()}"
 
@@ -71,26 +76,26 @@ def ensure_dev_key(store: KeyStore, path: Path = DEV_KEY) -> str:
     return key
 
 
-def _application_state() -> tuple[str, dict]:
+def _application_state(api: str) -> tuple[str, dict]:
     """(status, deploy args) of the baton application as Serve reports it."""
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     from serve.builder import APP_NAME
 
-    details = ServeSubmissionClient(local.DASHBOARD_URL).get_serve_details()
+    details = ServeSubmissionClient(api).get_serve_details()
     application = details.get("applications", {}).get(APP_NAME) or {}
     args = (application.get("deployed_app_config") or {}).get("args") or {}
     return application.get("status", "NOT_STARTED"), args
 
 
-def wait_ready(url: str, deployed: dict, timeout_s: float) -> None:
+def wait_ready(url: str, deployed: dict, timeout_s: float, api: str = local.DASHBOARD_URL) -> None:
     """Wait until Serve runs *this* deployment (not the previous one) and /healthz answers."""
     wanted = deployed["applications"][0]["args"]
     deadline = time.monotonic() + timeout_s
     status = "NOT_STARTED"
     with console.status("deploying ...") as spinner:
         while time.monotonic() < deadline:
-            status, running_args = _application_state()
+            status, running_args = _application_state(api)
             spinner.update(f"application {status.lower()} ...")
             if status == "DEPLOY_FAILED":
                 raise BatonError("deployment failed; see `baton status` and the Serve logs in /tmp/ray/session_latest/logs/serve")
@@ -107,28 +112,44 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def deploy(config_path: Path, environment: str | None = None) -> dict:
+def deploy(config_path: Path, environment: str | None = None, address: str | None = None) -> dict:
     """Deploy (or redeploy) the orchestra on the running cluster, as `serve deploy` would,
-    pinning each registry alias to its version now; the deploy is audited (admin.deploy)."""
+    pinning each registry alias to its version now; the deploy is audited (admin.deploy).
+
+    On a cluster named by ``address`` (or $RAY_ADDRESS), this checkout is uploaded as the
+    application's working directory, as `ray job submit` uploads a job's, and the orchestra
+    travels inline, so the cluster needs neither baton installed nor this machine's files.
+    """
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     from actors.audit import cli_principal, write_operator_action
     from serve.builder import serve_config
 
     environment = selected_environment(environment)
-    storage = _storage(_load(config_path, environment))
-    deployed = serve_config(config_path, Path.cwd(), environment=environment)
-    _, before = _application_state()
-    ServeSubmissionClient(local.DASHBOARD_URL).deploy_applications(deployed)
+    config = _load(config_path, environment)
+    storage = _storage(config)
+    api = local.api_url(address)
+    client = ServeSubmissionClient(api)
+    working_dir = None
+    if local.given_address(address):
+        if storage.is_local:
+            console.print(f"[yellow]storage {storage.uri} is a local path: every node of the cluster must see it (use s3:// on a real cluster)[/]")
+        runtime_env = {"working_dir": str(Path.cwd()), "excludes": local.JOB_EXCLUDES}
+        client._upload_working_dir_if_needed(runtime_env)  # what `ray job submit` does: rewrites working_dir to its gcs:// URI
+        working_dir = runtime_env["working_dir"]
+    deployed = serve_config(config_path, Path.cwd(), working_dir=working_dir, environment=environment)
+    _, before = _application_state(api)
+    client.deploy_applications(deployed)
     after = deployed["applications"][0]["args"]
     write_operator_action(storage, cli_principal(), "admin.deploy", before=before or None, after=after)
     return deployed
 
 
-def deploy_and_wait(config_path: Path, environment: str | None, timeout_s: float) -> dict:
+def deploy_and_wait(config_path: Path, environment: str | None, timeout_s: float, address: str | None = None) -> dict:
     """Deploy the orchestra and wait until Serve runs this deploy and /healthz answers."""
-    deployed = deploy(config_path, environment)
-    wait_ready(_base_url(_load(config_path, environment)), deployed, timeout_s)
+    api = local.api_url(address)
+    deployed = deploy(config_path, environment, address)
+    wait_ready(_base_url(_load(config_path, environment), api), deployed, timeout_s, api)
     return deployed
 
 
@@ -137,19 +158,24 @@ def up(
     environment: Optional[str] = EnvOption,
     timeout_s: float = typer.Option(600, "--timeout", help="Seconds to wait for /healthz."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="CPUs for the Ray head (default: all)."),
+    address: Optional[str] = AddressOption,
 ) -> None:
-    """Start a local Ray head (if none runs), deploy the orchestra, wait for /healthz, write the dev key."""
+    """Start a local Ray head (if none runs) or use the cluster at --address / $RAY_ADDRESS,
+    deploy the orchestra, wait for /healthz, write the dev key."""
     from serve.builder import cluster_env
 
     config = _load(config_path, environment)
-    if not local.dashboard_up():
+    api = local.api_url(address)
+    if address is None and not local.dashboard_up():
         console.print("starting a local Ray head ...")
         local.start_head(cluster_env(Path.cwd()), num_cpus)
+    elif not local.dashboard_up(api):
+        raise BatonError(f"no Ray dashboard answers at {api}: is the cluster up, and its dashboard reachable from here?")
     ensure_dev_key(KeyStore(_storage(config)))
-    console.print(f"deploying {config_path} in environment {config.environment} ({len(config.agents)} agents) ...")
-    deploy_and_wait(config_path, environment, timeout_s)
-    url = _base_url(config)
-    print(f"baton is up.\n  API:        {url}  (docs: {url}/docs)\n  dashboard:  {local.DASHBOARD_URL}")
+    console.print(f"deploying {config_path} in environment {config.environment} ({len(config.agents)} agents) to {api} ...")
+    deploy_and_wait(config_path, environment, timeout_s, address)
+    url = _base_url(config, api)
+    print(f"baton is up.\n  API:        {url}  (docs: {url}/docs)\n  dashboard:  {api}")
     print(f"  admin key:  {DEV_KEY} (mode 600)")
     print(
         f"\ncurl -s {url}/v1/route -H \"Authorization: Bearer $(cat {DEV_KEY})\" "
@@ -176,21 +202,22 @@ def down() -> None:
     console.print("baton is down.")
 
 
-def status(config_path: Path = ConfigOption) -> None:
+def status(config_path: Path = ConfigOption, address: Optional[str] = AddressOption) -> None:
     """Show the cluster, the Serve application and its deployments."""
     config = _load(config_path)
-    if not local.dashboard_up():
-        print("Ray: not running (start with `baton up`)")
+    api = local.api_url(address)
+    if not local.dashboard_up(api):
+        print(f"Ray: not running at {api} (start with `baton up`)")
         raise typer.Exit(1)
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
-    details = ServeSubmissionClient(local.DASHBOARD_URL).get_serve_details()
+    details = ServeSubmissionClient(api).get_serve_details()
     table = Table("application", "deployment", "status", "replicas")
     for app_name, app_details in details.get("applications", {}).items():
         for name, deployment in app_details.get("deployments", {}).items():
             table.add_row(app_name, name, deployment["status"], str(len(deployment.get("replicas", []))))
     Console().print(table)
-    url = _base_url(config)
+    url = _base_url(config, api)
     print(f"{url}/healthz: {'ok' if _healthy(url) else 'not answering'}")
 
 

@@ -41,7 +41,7 @@ def _run(module: str, recipe: Path, storage: str, follow: bool) -> None:
     from train.recipe import load_recipe
 
     load_recipe(recipe)  # a broken recipe fails here, before any job is submitted
-    if local.dashboard_up():
+    if local.given_address() or local.dashboard_up():
         _submit(module, recipe, storage, follow)
         return
     console.print("no running cluster: training in a local Ray instance")
