@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Collection, Literal
+from typing import Annotated, Any, Callable, Collection, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -353,7 +353,12 @@ class RolloutPlan(Strict):
     """How a candidate goes live: optional shadow phase, weight steps, bake time and guards."""
 
     shadow: ShadowPhase | None = Field(None, description="Shadow the candidate first (no caller sees its answers).")
-    steps: list[int] = Field([5, 25, 50, 100], min_length=1, description="Candidate weights in percent, rising, ending at 100.")
+    # A rollout only ever moves weight to the candidate, so the order of the steps says nothing:
+    # they are a set (which JSON Schema can state, where it cannot state "rising"), taken rising.
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        [5, 25, 50, 100], min_length=1, json_schema_extra={"uniqueItems": True, "contains": {"const": 100}},
+        description="Candidate weights in percent, each once and 100 among them; the rollout goes through them rising.",
+    )
     bake_s: float = Field(60.0, gt=0, description="Time at each step before the guards are checked.")
     min_requests: int = Field(200, ge=1, description="Requests the candidate must serve in a bake before a guard can pass.")
     guards: list[GuardSettings] = Field(
@@ -387,9 +392,9 @@ class RolloutPlan(Strict):
     @field_validator("steps")
     @classmethod
     def _rising_to_100(cls, steps: list[int]) -> list[int]:
-        if any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)) or steps[-1] != 100:
-            raise ValueError(f"steps must rise strictly within 1..100 and end at 100, got {steps}")
-        return steps
+        if len(set(steps)) != len(steps) or 100 not in steps:
+            raise ValueError(f"steps must name each weight once, 100 among them, got {steps}")
+        return sorted(steps)
 
 
 class ReviewPolicy(Strict):
@@ -541,6 +546,26 @@ class DocumentLimits(Strict):
     max_pages: int = Field(50, ge=1, le=10_000, description="Most pages one document may have (413 above).")
     max_pixels_per_page: int = Field(
         40_000_000, ge=1, description="Most pixels one page may decode to, checked from the header before decoding (413 above)."
+    )
+    max_jpeg_scans: int = Field(
+        64, ge=1, le=10_000,
+        description="Most scans a JPEG may have (413 above): each progressive scan re-decodes the whole image, so a small "
+        "file of thousands of scans would hold a replica for minutes. Ordinary progressive JPEGs have about 10.",
+    )
+    max_pdf_stream_bytes: int = Field(
+        256 * 1024 * 1024, ge=1,
+        description="Most bytes one compressed stream of a PDF may expand to, measured before PDFium opens the file (413 above): "
+        "a zip bomb inside a PDF, kilobytes that PDFium would inflate to gigabytes of memory.",
+    )
+    max_pdf_inflated_bytes: int = Field(
+        1024 * 1024 * 1024, ge=1,
+        description="Most bytes all of a PDF's compressed streams may expand to together, each counted once (413 above); "
+        "this also bounds the time the check itself takes.",
+    )
+    max_pdf_content_bytes: int = Field(
+        128 * 1024 * 1024, ge=1,
+        description="Most bytes of page content PDFium may have to parse in one PDF, a stream counted once per page or form "
+        "that uses it (413 above): parsing takes about a second per 15 MB of dense operators, however small the file.",
     )
     pdf_dpi: int = Field(200, ge=36, le=600, description="Resolution PDF pages without a text layer are rendered at for OCR.")
     page_timeout_s: float = Field(30.0, gt=0, description="Longest time one page may take in OCR (503 after).")

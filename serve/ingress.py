@@ -65,6 +65,35 @@ def request_id_of(request: Request) -> str:
     return getattr(request.state, "request_id", None) or "unknown"
 
 
+def check_unicode(fields: dict[str, Any]) -> None:
+    """Refuse a lone surrogate anywhere in a request's fields (keys too): JSON lets a body
+    escape one ("\\ud800"), but no UTF-8 encodes it, so it would fail wherever the text is
+    encoded next (a tokenizer, the audit writer, the response) instead of here with a 422."""
+    stack: list[tuple[str, Any]] = list(fields.items())
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            _check_text(path, value)
+        elif isinstance(value, dict):
+            for key, child in value.items():
+                _check_text(f"{path} (a key)", str(key))
+                stack.append((f"{path}.{key}", child))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{path}[{index}]", child) for index, child in enumerate(value))
+
+
+def _check_text(path: str, text: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(text[error.start])
+        raise ValidationFailed(
+            f"{path}: has a lone surrogate (\\u{code:04x} at character {error.start}); text must be valid Unicode"
+        ) from None
+
+
 def session_limits(config: OrchestraConfig) -> SessionLimits:
     s = config.router.session
     return SessionLimits(
@@ -281,6 +310,7 @@ class Gateway:
 
     def document_invocation(self, request: Request, document: Document, fields: DocumentFields, options: dict) -> Invocation:
         """A document request as an Invocation; the audit keeps the document's hash, not its bytes."""
+        check_unicode(fields.model_dump())
         size = len(json.dumps(options))
         if size > self.config.limits.max_options_bytes + MAX_QUERY_BYTES:
             raise ValidationFailed(f"options and query: must be at most {self.config.limits.max_options_bytes + MAX_QUERY_BYTES} bytes as JSON, got {size}")
@@ -298,6 +328,7 @@ class Gateway:
         return self.config.limits.max_body_bytes
 
     def invocation(self, request: Request, body: InvokeBody, **changes: Any) -> Invocation:
+        check_unicode(body.model_dump())
         self.check_input(body.text, body.options)
         note(request, text=body.text, metadata=body.metadata or None)
         return Invocation(
@@ -332,7 +363,9 @@ class Gateway:
             return
         output = called.result.output
         answer = output.get("text") if isinstance(output, dict) and isinstance(output.get("text"), str) else json.dumps(output, ensure_ascii=False)
-        turns = [{"role": "user", "content": invocation.input_text}, {"role": "assistant", "content": answer}]
+        # A document turn is kept as its type and size: the bytes stay in the document store.
+        asked = invocation.input_text if invocation.document is None else f"[document: {invocation.document.media_type}, {len(invocation.document.data)} bytes]"
+        turns = [{"role": "user", "content": asked}, {"role": "assistant", "content": answer}]
         await asyncio.to_thread(self.sessions.append, invocation.user_id, invocation.session_id, called.agent, turns)
 
     def pick(self, request: Request, agent: str, invocation: Invocation) -> str:
@@ -396,6 +429,7 @@ class Gateway:
     def chat_invocation(self, request: Request, body: ChatBody) -> Invocation:
         if not self.dispatcher.knows(body.model):
             raise NotFound(f"model {body.model!r} is not an agent or pipeline (see GET /v1/models)")
+        check_unicode(body.model_dump())
         messages = tuple(m.model_dump(exclude_none=True) for m in body.messages)
         options = {}
         if self._is_llm(body.model):

@@ -65,7 +65,11 @@ def _checked(data: bytes, filename: str | None, fields: dict[str, Any], model: t
 async def json_object(request: Request) -> dict[str, Any]:
     try:
         payload = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    # JSONDecodeError and UnicodeDecodeError are ValueErrors, and so is a number of more than
+    # 4,300 digits; nesting deeper than the interpreter's recursion limit is a RecursionError.
+    except RecursionError:
+        raise InvalidRequest("request body is not valid JSON: nested too deeply") from None
+    except ValueError as error:
         raise InvalidRequest(f"request body is not valid JSON: {error}") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("request body must be a JSON object")
@@ -138,3 +142,7 @@ def _json_part(name: str, text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise ValidationFailed(f"{name}: not valid JSON ({error.msg} at character {error.pos})") from None
+    except RecursionError:
+        raise ValidationFailed(f"{name}: not valid JSON (nested too deeply)") from None
+    except ValueError as error:  # a number of more than 4,300 digits
+        raise ValidationFailed(f"{name}: not valid JSON ({error})") from None

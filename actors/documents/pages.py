@@ -15,12 +15,14 @@ import pypdfium2.raw as pdfium_c
 from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
 from actors.documents.model import Box, Line, Page, PageImage, Word
+from actors.documents.pdf_guard import check_pdf
 from actors.invocation import Document
 from cluster.config import DocumentLimits
 from cluster.errors import BatonError, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 PNG, JPEG, TIFF, PDF = "image/png", "image/jpeg", "image/tiff", "application/pdf"
 SUPPORTED = (PDF, PNG, JPEG, TIFF)
+_NAMES = {PDF: "a PDF", PNG: "a PNG image", JPEG: "a JPEG image", TIFF: "a TIFF image"}
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", PNG),
     (b"\xff\xd8\xff", JPEG),
@@ -40,6 +42,8 @@ _KNOWN_UNSUPPORTED = (
 # The format's own class, not Image.open: Image.open applies PIL's global pixel limit, which
 # would pre-empt the configured one with a different number; ours is checked per page instead.
 _PIL_CLASSES = {PNG: PngImagePlugin.PngImageFile, JPEG: JpegImagePlugin.JpegImageFile, TIFF: TiffImagePlugin.TiffImageFile}
+# A zip's end record (22 bytes and a comment of up to 64 KiB) closes the archive.
+ZIP_TAIL = 22 + 0xFFFF
 # Fewer non-space characters than this and a PDF page is a scan with stray text: OCR it.
 MIN_TEXT_LAYER_CHARS = 20
 POINTS_PER_INCH = 72
@@ -50,23 +54,59 @@ T = TypeVar("T")
 
 
 def sniff_media_type(data: bytes) -> str:
-    """The document's media type from its magic bytes; the declared type is not trusted."""
+    """The document's media type from its magic bytes; the declared type is not trusted, and a
+    file that is also another format (a polyglot) is refused rather than read as one of them."""
     if not data:
         raise ValidationFailed("document: the file is empty")
+    media_type = _magic_type(data)
+    other = _also(data, media_type)
+    if other is not None:
+        raise UnsupportedMediaType(f"document: the file is both {_NAMES[media_type]} and {other}; send one document of one type")
+    return media_type
+
+
+def _magic_type(data: bytes) -> str:
     for magic, media_type in _SIGNATURES:
         if data.startswith(magic):
             return media_type
-    # Readers accept a PDF header anywhere in the first kilobyte; some mailers prepend junk.
-    if b"%PDF-" in data[:1024]:
-        return PDF
     if data[8:12] == b"WEBP" and data.startswith(b"RIFF"):
         raise _unsupported("a WebP image")
     if data[4:8] == b"ftyp":
         raise _unsupported("an HEIC/MP4-family file")
-    for magic, name in _KNOWN_UNSUPPORTED:
-        if data.lstrip().startswith(magic):
-            raise _unsupported(name)
+    # Another format's magic at byte 0 wins over a PDF header further on: that file is a polyglot.
+    _refuse_known(data)
+    # Readers accept a PDF header anywhere in the first kilobyte; some mailers prepend junk.
+    if b"%PDF-" in data[:1024]:
+        return PDF
+    _refuse_known(data.lstrip())
     raise _unsupported("a file of unknown type")
+
+
+def _refuse_known(data: bytes) -> None:
+    for magic, name in _KNOWN_UNSUPPORTED:
+        if data.startswith(magic):
+            raise _unsupported(name)
+
+
+def _also(data: bytes, media_type: str) -> str | None:
+    """Another format the file holds besides its own: a PDF inside an image (PDF readers find
+    the header anywhere), or a zip archive at the end (zip readers start from the end)."""
+    if media_type != PDF and b"%PDF-" in data:
+        return "a PDF"
+    return "a zip archive" if _ends_in_zip(data) else None
+
+
+def _ends_in_zip(data: bytes) -> bool:
+    """Whether a zip's end record sits in the last 64 KiB, its central directory where it says."""
+    start = max(0, len(data) - ZIP_TAIL)
+    end = len(data)
+    while (record := data.rfind(b"PK\x05\x06", start, end)) != -1:
+        directory_size = int.from_bytes(data[record + 12:record + 16], "little")
+        directory = record - directory_size
+        if len(data) - record >= 22 and directory >= 0 and data.startswith(b"PK\x01\x02" if directory_size else b"PK\x05\x06", directory):
+            return True
+        end = record
+    return False
 
 
 def _unsupported(what: str) -> UnsupportedMediaType:
@@ -78,7 +118,7 @@ def count_pages(document: Document, limits: DocumentLimits) -> int:
     media_type = _checked_media_type(document, limits)
     opener = _open_pdf if media_type == PDF else _open_image
     with _as_validation_failure(), opener(document.data, media_type) as opened:
-        return _checked_page_count(_page_count(opened), limits)
+        return _checked_page_count(_page_count(opened, limits), limits)
 
 
 def decode_pages(document: Document, limits: DocumentLimits, pages: Sequence[int] | None = None) -> list[PageImage]:
@@ -91,7 +131,7 @@ def iter_pages(document: Document, limits: DocumentLimits, pages: Sequence[int] 
     media_type = _checked_media_type(document, limits)
     opener, decode = (_open_pdf, _pdf_page) if media_type == PDF else (_open_image, _image_page)
     with _as_validation_failure(), opener(document.data, media_type) as opened:
-        count = _checked_page_count(_page_count(opened), limits)
+        count = _checked_page_count(_page_count(opened, limits), limits)
         for number in _chosen(pages, count):
             yield decode(opened, number, limits)
 
@@ -101,7 +141,7 @@ def text_layers(document: Document, limits: DocumentLimits, pages: Sequence[int]
     so a caller can send only the scanned pages to OCR. Images have no text layer."""
     media_type = _checked_media_type(document, limits)
     with _as_validation_failure(), (_open_pdf if media_type == PDF else _open_image)(document.data, media_type) as opened:
-        count = _checked_page_count(_page_count(opened), limits)
+        count = _checked_page_count(_page_count(opened, limits), limits)
         if media_type != PDF:
             return {number: None for number in _chosen(pages, count)}
         return {number: _pdf_text_layer(opened, number, limits) for number in _chosen(pages, count)}
@@ -116,7 +156,7 @@ def page_documents(document: Document, limits: DocumentLimits, pages: Sequence[i
     if media_type != PDF:
         return {number: (document, number) for number in pages}
     with _as_validation_failure(), _open_pdf(document.data, media_type) as pdf:
-        count = _checked_page_count(_page_count(pdf), limits)
+        count = _checked_page_count(_page_count(pdf, limits), limits)
         if count == 1:
             return {number: (document, number) for number in _chosen(pages, count)}
         return {number: (Document(_one_page_pdf(pdf, number), PDF, document.filename), 1) for number in _chosen(pages, count)}
@@ -139,7 +179,20 @@ def _checked_media_type(document: Document, limits: DocumentLimits) -> str:
     size = len(document.data)
     if size > limits.max_bytes:
         raise PayloadTooLarge(f"document: the file is {size:,} bytes; the limit is {limits.max_bytes:,} bytes")
-    return sniff_media_type(document.data)
+    media_type = sniff_media_type(document.data)
+    if media_type == JPEG:
+        _check_scans(document.data, limits)
+    elif media_type == PDF:
+        check_pdf(document.data, limits)
+    return media_type
+
+
+def _check_scans(data: bytes, limits: DocumentLimits) -> None:
+    # Each scan starts with an SOS marker, which entropy-coded data never contains (it stuffs
+    # 0xFF bytes); a thumbnail's scans count too, which the limit's margin allows for.
+    scans = data.count(b"\xff\xda")
+    if scans > limits.max_jpeg_scans:
+        raise PayloadTooLarge(f"document: the JPEG has {scans} scans; the limit is {limits.max_jpeg_scans}")
 
 
 def _checked_page_count(count: int, limits: DocumentLimits) -> int:
@@ -175,6 +228,9 @@ def _as_validation_failure() -> Iterator[None]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise PayloadTooLarge(f"document: the image is too large to decode ({error})") from None
     except Exception as error:
+        # PIL's own cap on a PNG's compressed text and ICC chunks: a decompression bomb, not damage.
+        if isinstance(error, ValueError) and str(error).startswith("Decompressed data too large"):
+            raise PayloadTooLarge(f"document: a compressed chunk of the image expands too far ({error})") from None
         raise ValidationFailed(f"document: the file is corrupt or unreadable ({type(error).__name__}: {error})") from None
 
 
@@ -202,11 +258,23 @@ def _open_image(data: bytes, media_type: str) -> Iterator[Image.Image]:
         yield image
 
 
-def _page_count(opened: Image.Image | pdfium.PdfDocument) -> int:
+def _page_count(opened: Image.Image | pdfium.PdfDocument, limits: DocumentLimits) -> int:
     if isinstance(opened, pdfium.PdfDocument):
         return len(opened)
     # A PNG or JPEG is one page even when it carries animation frames.
-    return getattr(opened, "n_frames", 1) if opened.format == "TIFF" else 1
+    return _tiff_frames(opened, limits.max_pages) if opened.format == "TIFF" else 1
+
+
+def _tiff_frames(image: Image.Image, limit: int) -> int:
+    """The frames, counted only up to the limit: PIL's n_frames walks every frame, in time
+    quadratic in their number, which a small file of 200,000 empty frames makes minutes."""
+    for frame in range(1, limit + 1):
+        try:
+            image.seek(frame)
+        except EOFError:
+            image.seek(0)
+            return frame
+    raise PayloadTooLarge(f"document: the file has more than {_pages(limit)}; the limit is {_pages(limit)}")
 
 
 def _image_page(image: Image.Image, number: int, limits: DocumentLimits) -> PageImage:
