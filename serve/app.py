@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import nullcontext
-from datetime import datetime
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -23,10 +22,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from actors.admission import AdmissionGate, admission_gate
+from actors.documents.pages import SUPPORTED
 from actors.dispatcher import Called
 from actors.invocation import Chunk
 from cluster.errors import BatonError, NotFound, PayloadTooLarge
 from cluster.keys import Principal
+from cluster.registry import NAME_PATTERN as MODEL_NAME_PATTERN
+from serve import openapi
 from serve.lifecycle import lifecycle_router
 from serve.review import review_router
 from serve.docs import mount_offline_docs
@@ -38,12 +40,13 @@ from serve.schemas import (
     DocumentFields,
     ExtractBody,
     ExtractFields,
+    Instant,
     InvokeBody,
     KeyBody,
     RouteBody,
     TrafficBody,
 )
-from serve.uploads import document_from_payload, is_multipart, json_object, read_document_request, validated
+from serve.uploads import JSON_PARTS, document_from_payload, is_multipart, json_object, read_document_request, validated
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 DOCUMENT_ID = r"^[0-9a-f]{32}$"
@@ -104,6 +107,7 @@ def create_app(gate: Gateway) -> FastAPI:
         responses=documented_errors(),
     )
     mount_offline_docs(app)
+    openapi.install(app, gate.config)
     # Outside the request envelope, so a refusal while the body streams in gets its error shape.
     app.add_middleware(StreamedBodyLimit, limit_of=gate.body_limit)
     admission = admission_gate(gate.config.ingress.admission)
@@ -286,14 +290,19 @@ def create_app(gate: Gateway) -> FastAPI:
         return await gate.models()
 
     @app.get("/v1/admin/models/{name}", summary="One model: aliases and every version's manifest.")
-    async def show_model(name: str, _: Principal = admin_key) -> dict:
+    async def show_model(
+        name: str = FastApiPath(..., pattern=f"^{MODEL_NAME_PATTERN}$", description="The model's registry name."),
+        _: Principal = admin_key,
+    ) -> dict:
         return await gate.models(name)
+
+    audit_max = gate.config.limits.audit_query_max
 
     @app.get("/v1/admin/audit", summary="Audit records, newest last.")
     async def audit(
-        since: datetime | None = Query(None, description="ISO 8601; records at or after it."),
+        since: Instant | None = Query(None, description="Records at or after it: an RFC 3339 date-time, a date or Unix epoch seconds."),
         agent: str | None = Query(None, max_length=64, description="Only this agent's records."),
-        limit: int = Query(100, ge=1, le=100_000, description="Most records to return (newest)."),
+        limit: int = Query(min(100, audit_max), ge=1, le=audit_max, description="Most records to return (newest); at most limits.audit_query_max."),
         _: Principal = admin_key,
     ) -> dict:
         return await gate.audit(since, agent, limit)
@@ -325,18 +334,27 @@ async def text_or_document(gate: Gateway, request: Request):
 
 
 def request_body_doc(json_models: list[type[BaseModel]], form_model: type[BaseModel]) -> dict:
-    """OpenAPI for a body read by hand: JSON (one of the models) or multipart with a file part."""
+    """OpenAPI for a body read by hand: JSON (one of the models) or multipart, a file part and
+    the form model's fields as parts (uploads.JSON_PARTS as JSON text, the others as plain text)."""
     schemas = [model.model_json_schema() for model in json_models]
     json_schema = schemas[0] if len(schemas) == 1 else {"oneOf": schemas}
     form = form_model.model_json_schema()
-    form_properties = {"file": {"type": "string", "format": "binary", "description": "The document."}}
-    form_properties.update({name: {"type": "string", "description": spec.get("description", "")} for name, spec in form["properties"].items()})
+    properties = {"file": {"type": "string", "format": "binary", "description": f"The document: {', '.join(SUPPORTED)} (415 for any other type)."}}
+    encoding = {"file": {"contentType": ", ".join(SUPPORTED)}}
+    for name, spec in form["properties"].items():
+        if name in JSON_PARTS:
+            properties[name], encoding[name] = spec, {"contentType": "application/json"}
+        else:
+            # A part is text or absent: an optional field's null has no form.
+            properties[name] = {**openapi.value_branch(spec), "description": spec.get("description", "")}
+    # An unknown part is refused like an unknown JSON key (the form model forbids extras).
+    form_schema = {"type": "object", "required": ["file"], "properties": properties, "additionalProperties": False}
     return {
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {"schema": json_schema},
-                "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": form_properties}},
+                "multipart/form-data": {"schema": form_schema, "encoding": encoding},
             },
         }
     }

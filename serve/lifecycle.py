@@ -11,13 +11,13 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import Field, StrictInt, StrictStr
+from pydantic import Field, StrictStr
 
 from actors.experiments import experiment_report
 from cluster.config import RolloutPlan
 from cluster.errors import NotFound
 from cluster.keys import Principal
-from serve.schemas import Body
+from serve.schemas import Body, JsonInt
 
 if TYPE_CHECKING:
     from serve.ingress import Gateway
@@ -27,7 +27,7 @@ RolloutId = Path(..., pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The rollout
 
 class ShadowBody(Body):
     version: StrictStr = Field(..., min_length=1, max_length=32, description="The version that receives the copies.")
-    percent: StrictInt = Field(..., ge=0, le=100, description="Share of the agent's requests copied; 0 stops shadowing.")
+    percent: JsonInt = Field(..., ge=0, le=100, description="Share of the agent's requests copied; 0 stops shadowing.")
 
 
 class RolloutBody(RolloutPlan):

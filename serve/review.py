@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as FastApiPath
 from fastapi.responses import HTMLResponse
-from pydantic import Field, StrictBool, StrictFloat, StrictStr, model_validator
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictStr, model_validator
 
 from actors.feedback import MAX_LABEL_CHARS, REQUEST_ID
 from cluster.keys import Principal
@@ -25,7 +25,18 @@ AGENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$"
 PAGE = Path(__file__).parent / "static" / "review.html"
 
 
+# At least one of label, reward, correct, and not null (_some_feedback), in JSON Schema.
+SOME_FEEDBACK = {
+    "anyOf": [
+        {"required": [name], "properties": {name: {"type": kind}}}
+        for name, kind in (("label", "string"), ("reward", "number"), ("correct", "boolean"))
+    ]
+}
+
+
 class FeedbackBody(Body):
+    model_config = ConfigDict(json_schema_extra=SOME_FEEDBACK)
+
     request_id: StrictStr = Field(
         ..., pattern=REQUEST_ID.pattern, description="The X-Request-ID of the answered request this feedback is about."
     )

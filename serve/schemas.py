@@ -1,14 +1,17 @@
-"""Request bodies of the HTTP API (API.md): strict pydantic models whose constraints and
-descriptions are what the served OpenAPI document shows."""
+"""Request bodies and parameters of the HTTP API (API.md): strict pydantic models and types whose
+constraints and descriptions are what the served OpenAPI document shows. Each takes exactly what
+its JSON Schema admits, so a client can trust the document (tests/integration/test_openapi.py)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import re
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -16,12 +19,105 @@ from pydantic import (
     StrictInt,
     StrictStr,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
 )
 
 from cluster.config import NAME_PATTERN
 
+
+def _integral(value: Any) -> Any:
+    # JSON does not tell 5 from 5.0 and JSON Schema's "integer" admits both; a string or a
+    # bool stays refused (StrictInt), as the schema says.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
 Scalar = StrictStr | StrictInt | StrictFloat | StrictBool
+# RFC 4648 base64 with its padding: what the "base64" content encoding of JSON Schema means.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+
+# -- an instant in a query: RFC 3339 date-time, date, or Unix epoch seconds -------------------
+
+_UTC_MIN, _UTC_MAX = datetime.min.replace(tzinfo=timezone.utc), datetime.max.replace(tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH_S_MIN = (_UTC_MIN - _EPOCH) // timedelta(seconds=1)
+EPOCH_S_MAX = (_UTC_MAX - _EPOCH) // timedelta(seconds=1)
+_DATE = r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})"
+_DATE_ONLY = re.compile(_DATE)
+_DATE_TIME = re.compile(
+    _DATE + r"[Tt](?P<hour>\d{2}):(?P<minute>\d{2}):(?P<second>\d{2})(?:\.(?P<fraction>\d+))?"
+    r"(?:[Zz]|(?P<sign>[+-])(?P<offset_h>[01]\d|2[0-3]):(?P<offset_m>[0-5]\d))"
+)
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+INSTANT_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "format": "date-time"},
+        {"type": "string", "format": "date"},
+        {"type": "number", "minimum": EPOCH_S_MIN, "maximum": EPOCH_S_MAX},
+    ]
+}
+INSTANT_RULE = "an RFC 3339 date-time with an offset (2024-05-01T12:00:00Z), a date (2024-05-01, midnight UTC) or Unix epoch seconds"
+
+
+def instant(value: Any) -> Any:
+    """A query's text as an aware UTC datetime, taken exactly as INSTANT_SCHEMA describes it
+    (RFC 3339 as JSON Schema validators read it). An instant that datetime cannot hold (year 0,
+    or an offset that crosses year 1 or 9999) is clamped, as a bound of a query means the same."""
+    if not isinstance(value, str):
+        return value
+    if _JSON_NUMBER.fullmatch(value):
+        seconds = float(value)
+        if not EPOCH_S_MIN <= seconds <= EPOCH_S_MAX:
+            raise ValueError(f"epoch seconds must be within {EPOCH_S_MIN}..{EPOCH_S_MAX} (years 1 to 9999)")
+        return _EPOCH + timedelta(seconds=seconds)
+    match = _DATE_TIME.fullmatch(value) or _DATE_ONLY.fullmatch(value)
+    if match is None:
+        raise ValueError(f"give {INSTANT_RULE}")
+    return _utc(match.groupdict())
+
+
+def date_time(value: Any) -> Any:
+    """A JSON string as an aware UTC datetime: an RFC 3339 date-time (the offset required), as
+    JSON Schema's "date-time" format reads it; epoch numbers and dates are refused."""
+    if isinstance(value, datetime):
+        return value
+    match = _DATE_TIME.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError("give an RFC 3339 date-time with an offset, e.g. 2030-05-01T12:00:00Z")
+    return _utc(match.groupdict())
+
+
+def _utc(parts: dict[str, str | None]) -> datetime:
+    year, second = int(parts["year"]), int(parts.get("second") or 0)
+    # Year 0 (valid RFC 3339, before datetime's range) is a leap year like 2000, checked there.
+    local = datetime(
+        year or 2000, int(parts["month"]), int(parts["day"]), int(parts.get("hour") or 0), int(parts.get("minute") or 0),
+        59 if second == 60 else second, int((parts.get("fraction") or "0")[:6].ljust(6, "0")),
+    )
+    if year == 0:
+        return _UTC_MIN
+    offset = timedelta(hours=int(parts.get("offset_h") or 0), minutes=int(parts.get("offset_m") or 0))
+    try:
+        moment = local - (-offset if parts.get("sign") == "-" else offset)
+    except OverflowError:
+        return _UTC_MIN if parts.get("sign") == "+" else _UTC_MAX
+    if second == 60:
+        # A leap second is 23:59:60 UTC, the instant after 23:59:59.
+        if (moment.hour, moment.minute) != (23, 59):
+            raise ValueError("second 60 is a leap second: only at 23:59:60 UTC")
+        return _UTC_MAX if moment.date() == _UTC_MAX.date() else (moment + timedelta(seconds=1)).replace(tzinfo=timezone.utc)
+    return moment.replace(tzinfo=timezone.utc)
+
+
+Instant = Annotated[datetime, BeforeValidator(instant), WithJsonSchema(INSTANT_SCHEMA)]
+DateTime = Annotated[AwareDatetime, BeforeValidator(date_time), WithJsonSchema({"type": "string", "format": "date-time"})]
+
+
+# -- bodies ------------------------------------------------------------------------------------
 
 
 class Body(BaseModel):
@@ -45,20 +141,20 @@ class RouteBody(InvokeBody):
 
 
 class TrafficBody(Body):
-    weights: dict[str, StrictInt] = Field(..., min_length=1, description="Version -> percent; non-negative, summing to 100.")
+    weights: dict[str, JsonInt] = Field(..., min_length=1, description="Version -> percent; non-negative, summing to 100.")
     sticky: StrictBool | None = Field(None, description="Pin session/user keys to one version; unchanged if omitted.")
 
 
 class KeyRateLimit(Body):
-    requests_per_s: float = Field(..., gt=0, le=100_000, description="Sustained requests per second for this key.")
-    burst: int = Field(..., ge=1, le=100_000, description="Requests this key may make at once.")
+    requests_per_s: StrictFloat = Field(..., gt=0, le=100_000, description="Sustained requests per second for this key.")
+    burst: JsonInt = Field(..., ge=1, le=100_000, description="Requests this key may make at once.")
 
 
 class KeyBody(Body):
     role: Literal["invoke", "review", "admin"] = Field(..., description="What the key may do: invoke agents, review answers, or everything.")
     name: StrictStr = Field(..., min_length=1, max_length=64, description="Who or what the key is for.")
     rate_limit: KeyRateLimit | None = Field(None, description="This key's own rate limit; default: auth.rate_limit.")
-    expires_at: AwareDatetime | None = Field(None, description="When the key stops working (ISO 8601 with a zone); default: never.")
+    expires_at: DateTime | None = Field(None, description="When the key stops working (RFC 3339 date-time with an offset); default: never.")
     agents: list[Annotated[StrictStr, StringConstraints(pattern=NAME_PATTERN)]] | None = Field(
         None, min_length=1, max_length=256, description="The only agents this key may use (routed to or named); default: all."
     )
@@ -89,8 +185,12 @@ class ChatBody(BaseModel):
     model: StrictStr = Field(..., min_length=1, max_length=64, description="An agent or pipeline name (see GET /v1/models).")
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=256, description="The conversation, oldest first.")
     stream: StrictBool = Field(False, description="Answer with chat.completion.chunk events and data: [DONE].")
-    max_tokens: StrictInt | None = Field(None, ge=1, le=32_768, description="Most tokens to generate (LLM agents).")
-    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature (LLM agents).")
+    # The bounds sit inside the Annotated: on the optional field, pydantic would write them into
+    # the JSON Schema as "ge"/"le", which no validator or generator reads.
+    max_tokens: Annotated[StrictInt, Field(ge=1, le=32_768), BeforeValidator(_integral)] | None = Field(
+        None, description="Most tokens to generate (LLM agents)."
+    )
+    temperature: StrictFloat | None = Field(None, ge=0, le=2, description="Sampling temperature (LLM agents).")
     user: StrictStr | None = Field(None, max_length=128, description="The caller's user id.")
 
 
@@ -112,7 +212,10 @@ class ExtractFields(DocumentFields):
 
 
 class DocumentB64(BaseModel):
-    document_b64: StrictStr = Field(..., min_length=1, description="The document's bytes in base64 (PNG, JPEG, TIFF or PDF).")
+    document_b64: StrictStr = Field(
+        ..., min_length=1, pattern=BASE64_PATTERN, json_schema_extra={"contentEncoding": "base64"},
+        description="The document's bytes in base64 (RFC 4648, padded): a PNG, JPEG, TIFF or PDF file (415 for any other type).",
+    )
 
 
 class ExtractBody(ExtractFields, DocumentB64):
