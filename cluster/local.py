@@ -54,7 +54,7 @@ def run_job(entrypoint: str, env_vars: dict[str, str], follow: bool, address: st
 
     url = api_url(address)
     client = JobSubmissionClient(url)
-    job = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": ".", "excludes": JOB_EXCLUDES, "env_vars": env_vars})
+    job = submit(client, entrypoint=entrypoint, runtime_env={"working_dir": ".", "excludes": JOB_EXCLUDES, "env_vars": env_vars})
     print(f"submitted {job} to {url} (follow: ray job logs --address {url} -f {job})", file=sys.stderr)
     if not follow:
         return job
@@ -69,6 +69,22 @@ def run_job(entrypoint: str, env_vars: dict[str, str], follow: bool, address: st
     if status != JobStatus.SUCCEEDED:
         raise BatonError(f"job {job} ended {status.value}")
     return job
+
+
+def submit(client, attempts: int = 30, **job) -> str:
+    """``client.submit_job(**job)``, tried again for a while when the head answers that no
+    agent can take a job yet: a node that has just joined or lost a peer says so for a few
+    seconds."""
+    import time
+
+    for _ in range(attempts - 1):
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as error:
+            if "No available agent" not in str(error):
+                raise
+        time.sleep(1)
+    return client.submit_job(**job)
 
 
 def ray_cli() -> str:

@@ -58,7 +58,8 @@ def validated(model: type[Fields], fields: dict[str, Any]) -> Fields:
 def _checked(data: bytes, filename: str | None, fields: dict[str, Any], model: type[Fields], limits: DocumentLimits) -> tuple[Document, Fields]:
     if len(data) > limits.max_bytes:
         raise PayloadTooLarge(f"document is {len(data)} bytes; the limit is {limits.max_bytes}")
-    parsed = validated(model, {**fields, **({"filename": filename} if filename is not None else {})})
+    # A ``filename`` part, when sent, wins over the upload's own name, and is checked like any part.
+    parsed = validated(model, {**({"filename": filename} if filename is not None else {}), **fields})
     return Document(data=data, media_type=sniff_media_type(data), filename=getattr(parsed, "filename", None)), parsed
 
 

@@ -60,7 +60,8 @@ def train(
     storage: str = StorageOption,
     follow: bool = typer.Option(True, help="Stream the job's logs until it ends."),
 ) -> None:
-    """Fine-tune and register a model: a Ray job on the running cluster, or locally when none is up."""
+    """Fine-tune and register a model: a Ray job on the running cluster (the local head, or the one
+    $RAY_ADDRESS names), or locally when none is up."""
     _run("train.finetune", recipe, storage, follow)
 
 

@@ -187,7 +187,9 @@ def main() -> int:
         # One proxy, on the head: the node fault is about replicas and actors, not client connections.
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
         config = OrchestraConfig.model_validate({**ORCHESTRA, "storage": storage_uri})
-        key, _ = KeyStore(Storage(storage_uri)).create("admin", "faults")
+        # A limit far above what 4 clients send: the suite is about faults, and a 429 is the
+        # rate limiter working (4 clients reach ~80 req/s here, near the default 100 req/s).
+        key, _ = KeyStore(Storage(storage_uri)).create("admin", "faults", rate_per_s=10_000, burst=10_000)
         serve.run(build_application(config, storage_uri), name=APP_NAME, route_prefix="/")
         faults: list[tuple[str, Callable[[], dict]]] = [
             ("ingress replica", kill_replica(INGRESS)),

@@ -118,6 +118,14 @@ def test_a_multipart_upload_reaches_the_documents_agent_whole(http, documents):
     assert invocation.deadline is not None and invocation.deadline > time.time()
 
 
+def test_a_filename_part_names_the_upload_and_is_checked(http, documents):
+    named = http.post("/v1/extract", files={"file": ("scan.bin", png())}, data={"query": "*", "filename": "receipt.png"})
+    assert named.status_code == 200, named.text
+    assert documents.seen[-1].document.filename == "receipt.png"
+    empty = http.post("/v1/extract", files={"file": ("scan.bin", png())}, data={"query": "*", "filename": ""})
+    assert "filename" in error_of(empty, 422, "validation_error")
+
+
 def test_base64_json_is_the_same_request(http, documents):
     data = png()
     response = http.post("/v1/extract", json={"document_b64": base64.b64encode(data).decode(), "filename": "a.png", "query": "*"})
