@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -23,7 +24,7 @@ from cluster.errors import (
 
 logger = logging.getLogger(__name__)
 
-SERVE_UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
+SERVE_UNAVAILABLE = (BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError, RayActorError)
 # How the Serve proxy's own back-pressure answer begins (ray.serve.exceptions.BackPressureError).
 SERVE_BACKPRESSURE_TEXT = "Request dropped due to backpressure"
 _BODY_NOT_OBJECT = {"json_invalid", "missing", "model_attributes_type", "dict_type"}
@@ -65,6 +66,9 @@ def from_serve_error(error: Exception) -> BatonError | None:
         return Overloaded("the agent's queue is full; retry shortly", retry_after_s=getattr(error, "retry_after_s", None) or 1)
     if isinstance(error, (DeploymentUnavailableError, ReplicaUnavailableError)):
         return Unavailable("the agent is not ready; retry shortly", retry_after_s=2)
+    if isinstance(error, RayActorError):
+        # The replica died while answering (a crash, its node lost): Serve replaces it.
+        return Unavailable("the agent's replica died while answering; retry shortly", retry_after_s=1)
     return None
 
 

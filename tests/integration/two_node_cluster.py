@@ -119,9 +119,9 @@ def main() -> int:
     workspace = tempfile.mkdtemp(prefix="baton-two-nodes-")
     storage_uri = os.path.join(workspace, "storage")
     dashboard_port, port = free_port(), free_port()
-    head = {"num_cpus": 1, "object_store_memory": 128 * 1024**2, "include_dashboard": True, "dashboard_port": dashboard_port}
+    head = {**node_args(), "include_dashboard": True, "dashboard_port": dashboard_port}
     cluster = Cluster(initialize_head=True, head_node_args=head)
-    doomed = cluster.add_node(num_cpus=1, object_store_memory=128 * 1024**2)
+    doomed = cluster.add_node(**node_args())
     api = f"http://127.0.0.1:{dashboard_port}"
     report: dict = {}
     try:
@@ -166,7 +166,7 @@ def main() -> int:
         # directories of its workers under the other nodes' processes, which a real cluster's
         # separate machines never see.
         cluster.remove_node(doomed)
-        replacement = cluster.add_node(num_cpus=1, object_store_memory=128 * 1024**2)
+        replacement = cluster.add_node(**node_args())
         report["replacement"] = replacement.node_id
         survivors = {head_id(cluster), replacement.node_id}
 
@@ -181,6 +181,13 @@ def main() -> int:
         cluster.shutdown()
         time.sleep(1)
     return 0
+
+
+def node_args() -> dict:
+    """One CPU, and ports of its own for the node's dashboard agent: the test session's Ray
+    instance already holds the default ones, and a node whose agent cannot listen takes no job
+    ("No available agent to submit job")."""
+    return {"num_cpus": 1, "object_store_memory": 128 * 1024**2, "dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port()}
 
 
 def ray_nodes(api: str) -> list[dict]:

@@ -385,3 +385,14 @@ def test_a_request_whose_replica_died_gets_503_unavailable_not_a_bare_500():
     response = through_proxy_middleware(replica_died)
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert response.json()["error"] == {"code": "unavailable", "message": "the replica serving this request stopped; retry it", "request_id": "req-1"}
+
+
+def test_an_agent_replica_dying_mid_call_is_a_retryable_503():
+    from ray.exceptions import ActorDiedError
+
+    from cluster.errors import Unavailable
+    from serve.targets import typed
+
+    error = typed(ActorDiedError(), "agent sentiment v1")
+    assert isinstance(error, Unavailable) and error.retry_after_s == 1
+    assert "died while answering" in str(error)
