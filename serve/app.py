@@ -300,7 +300,7 @@ def create_app(gate: Gateway) -> FastAPI:
 
     @app.get("/v1/admin/audit", summary="Audit records, newest last.")
     async def audit(
-        since: Instant | None = Query(None, description="Records at or after it: an RFC 3339 date-time, a date or Unix epoch seconds."),
+        since: Instant | None = Query(None, description="Records at or after it: an RFC 3339 date-time, an ISO 8601 date-time without an offset (UTC), a date or Unix epoch seconds."),
         agent: str | None = Query(None, max_length=64, description="Only this agent's records."),
         limit: int = Query(min(100, audit_max), ge=1, le=audit_max, description="Most records to return (newest); at most limits.audit_query_max."),
         _: Principal = admin_key,

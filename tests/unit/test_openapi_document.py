@@ -105,7 +105,8 @@ def test_no_schema_keeps_a_pydantic_only_keyword(document):
         "0.5", "-1", "1e3", "1e+16", "-0.0", "05", "+5", str(EPOCH_S_MIN), str(EPOCH_S_MAX), str(EPOCH_S_MAX + 1),
         "2024-05-01", "2024-02-30", "0000-02-29", "2024-05-01T12:00", "2024-05-01T12:00:00", "2024-05-01 12:00:00Z",
         "2024-05-01T12:00:00Z", "2024-05-01t12:00:00.123456789z", "2024-05-01T12:00:00+05:30", "2024-05-01T12:00:00+24:00",
-        "2016-12-31T23:59:60Z", "2024-05-01T12:00:60Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "now", "",
+        "2016-12-31T23:59:60Z", "2024-05-01T12:00:60Z", "2024-05-31T12:00", "2024-04-31T12:00", "2024-02-29T00:00:00.5",
+        "2024-13-01T00:00", "2024-05-01T24:00", "2024-05-01T12:00:60", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "now", "",
     ],
 )
 def test_since_takes_exactly_what_its_schema_admits(text):
@@ -126,6 +127,8 @@ def test_since_takes_exactly_what_its_schema_admits(text):
 def test_since_reads_an_instant_as_utc():
     assert instant("2024-05-01T12:00:00+02:00") == datetime(2024, 5, 1, 10, tzinfo=timezone.utc)
     assert instant("2024-05-01") == datetime(2024, 5, 1, tzinfo=timezone.utc)
+    # API.md: since=<ISO 8601>; without an offset it is UTC.
+    assert instant("2024-05-01T12:00:00") == instant("2024-05-01T12:00") == datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
     assert instant("1714564800") == datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
     assert instant("2016-12-31T23:59:60Z") == datetime(2017, 1, 1, tzinfo=timezone.utc)
     # Beyond datetime's range, a bound means the same as its edge.
