@@ -11,11 +11,12 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from actors.drift import Profile, profile_of
+from actors.out_of_scope import NEEDS_REFERENCE, REFERENCE_FILE, Reference, apply_threshold, in_scope_scores
 from cluster.errors import BatonError, ConfigError
 from cluster.registry import REF_SCHEME, Manifest, ModelRegistry
 from cluster.storage import Storage
@@ -91,28 +92,42 @@ def save_quantized(tokenizer: Any, model: Any, directory: Path) -> None:
     (directory / MARKER).write_text(json.dumps({"optimization": INT8, "weights": QUANTIZED_WEIGHTS}) + "\n", encoding="utf-8")
 
 
-def predictions(probabilities: np.ndarray, oos_index: int | None, oos_threshold: float) -> np.ndarray:
+def predictions(probabilities: np.ndarray, oos_index: int | None, oos_threshold: float | None) -> np.ndarray:
     """Arg-max labels; below ``oos_threshold`` top probability the prediction becomes out-of-scope."""
-    predicted = probabilities.argmax(axis=1)
-    if oos_index is not None and oos_threshold > 0:
-        predicted = np.where(probabilities.max(axis=1) < oos_threshold, oos_index, predicted)
-    return predicted
+    return apply_threshold(probabilities.argmax(axis=1), probabilities.max(axis=1), oos_index, oos_threshold or None)
 
 
 @dataclass(frozen=True)
 class OutOfScopeRule:
-    """A registered model answers ``label`` when its top probability is under ``threshold``: the
-    rule its recipe evaluated it with (``evaluation.oos_label`` / ``oos_threshold``), so what is
-    served matches the metrics in its manifest."""
+    """A registered model answers ``label`` when its ``score`` of an input is under ``threshold``:
+    the rule its recipe evaluated it with (``evaluation.oos_label``, ``oos_score`` and
+    ``oos_threshold``), so what is served matches the metrics in its manifest."""
 
     label: str
     threshold: float
+    score: str = "probability"
 
     @classmethod
     def of(cls, manifest: Manifest) -> OutOfScopeRule | None:
-        evaluation = manifest.recipe.get("evaluation") or {}
-        label, threshold = evaluation.get("oos_label"), float(evaluation.get("oos_threshold") or 0.0)
-        return cls(label, threshold) if label in manifest.labels and threshold > 0 else None
+        return cls.from_evaluation(manifest.recipe.get("evaluation") or {}, manifest.labels)
+
+    @classmethod
+    def from_evaluation(cls, evaluation: dict[str, Any], labels: list[str]) -> OutOfScopeRule | None:
+        """The rule of a recipe's ``evaluation`` section, or None when it only has the class
+        (no threshold, or a top-probability threshold of 0)."""
+        label, threshold = evaluation.get("oos_label"), evaluation.get("oos_threshold")
+        score = evaluation.get("oos_score") or "probability"
+        if label not in labels or threshold is None or (score == "probability" and threshold <= 0):
+            return None
+        return cls(label, float(threshold), score)
+
+
+class Outputs(NamedTuple):
+    """What one forward pass gives: logits, probabilities, and the pooled encoder output when asked."""
+
+    logits: np.ndarray
+    probabilities: np.ndarray
+    pooled: np.ndarray | None
 
 
 class TextClassifier:
@@ -131,31 +146,54 @@ class TextClassifier:
         if out_of_scope and out_of_scope.label not in self.labels:
             raise ConfigError(f"{model_dir}: out-of-scope label {out_of_scope.label!r} is not a label of the model files")
         self._oos_index = self.labels.index(out_of_scope.label) if out_of_scope else None
+        needs_reference = out_of_scope is not None and out_of_scope.score in NEEDS_REFERENCE
+        self._reference = Reference.load(Path(model_dir) / REFERENCE_FILE) if needs_reference else None
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        return self.forward(texts)[0]
+        return self.forward(texts).probabilities
 
-    def forward(self, texts: list[str], pooled: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """(probabilities, pooled encoder output or None): the pooled output is the masked mean
-        of the last hidden state, what a drift profile projects."""
+    def forward(self, texts: list[str], pooled: bool = False) -> Outputs:
+        """The pooled output is the masked mean of the last hidden state: what a drift profile
+        projects and the distance scores of an out-of-scope rule compare."""
         import torch
 
+        pooled = pooled or self._reference is not None
         batch = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
         with torch.no_grad():
             output = self.model(**batch, output_hidden_states=pooled)
-            probabilities = torch.softmax(output.logits, dim=-1).numpy()
-            if not pooled:
-                return probabilities, None
-            return probabilities, mean_pool(output.hidden_states[-1], batch["attention_mask"]).numpy()
+            logits = output.logits.float()
+            pooled_output = mean_pool(output.hidden_states[-1], batch["attention_mask"]).float().numpy() if pooled else None
+            return Outputs(logits.numpy(), torch.softmax(logits, dim=-1).numpy(), pooled_output)
 
-    def classify(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
-        """(probabilities, (n, k) projections of the inputs, or None without a profile)."""
-        probabilities, pooled = self.forward(texts, pooled=self.profile is not None)
-        return probabilities, None if pooled is None else self.profile.project(pooled)
+    def run(self, texts: list[str], batch_size: int = 256) -> Outputs:
+        """:meth:`forward` with pooled outputs over many texts, in length-sorted batches (less padding)."""
+        order = np.argsort([len(text) for text in texts], kind="stable")
+        parts = [
+            self.forward([texts[i] for i in order[start : start + batch_size]], pooled=True) for start in range(0, len(texts), batch_size)
+        ]
+        restore = np.argsort(order, kind="stable")
+        return Outputs(*(np.concatenate([getattr(part, field) for part in parts])[restore] for field in Outputs._fields))
 
-    def label_ids(self, probabilities: np.ndarray) -> np.ndarray:
-        threshold = self.out_of_scope.threshold if self.out_of_scope else 0.0
-        return predictions(probabilities, self._oos_index, threshold)
+    def fit_reference(self, texts: list[str], labels: list[str], oos_label: str | None) -> Reference:
+        """The out-of-scope reference of this model's training rows ``texts`` / ``labels``."""
+        label_ids = np.asarray([self.labels.index(label) for label in labels])
+        oos_index = self.labels.index(oos_label) if oos_label in self.labels else None
+        return Reference.fit(self.run(texts).pooled, label_ids, oos_index)
+
+    def classify(self, texts: list[str]) -> tuple[Outputs, np.ndarray, np.ndarray | None]:
+        """(outputs, label ids under the out-of-scope rule, (n, k) projections of the inputs or
+        None without a profile)."""
+        outputs = self.forward(texts, pooled=self.profile is not None)
+        projections = None if self.profile is None else self.profile.project(outputs.pooled)
+        return outputs, self.label_ids(outputs), projections
+
+    def label_ids(self, outputs: Outputs) -> np.ndarray:
+        predicted = outputs.probabilities.argmax(axis=1)
+        rule = self.out_of_scope
+        if rule is None:
+            return predicted
+        scores = in_scope_scores(rule.score, outputs.logits, outputs.pooled, self._reference, self._oos_index)
+        return apply_threshold(predicted, scores, self._oos_index, rule.threshold)
 
 
 def mean_pool(hidden: Any, attention_mask: Any) -> Any:

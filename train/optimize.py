@@ -8,6 +8,7 @@ import argparse
 import copy
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -18,14 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from actors.classifier_io import INT8, MARKER, load_classifier, predictions, quantize_linear, save_quantized
+from actors.classifier_io import INT8, MARKER, TextClassifier, load_classifier, predictions, quantize_linear, save_quantized
+from actors.out_of_scope import NEEDS_REFERENCE, REFERENCE_FILE, SCORES, apply_threshold, in_scope_scores
 from cluster.config import parse_config
 from cluster.errors import BatonError, ConfigError, exit_code
 from cluster.registry import REF_SCHEME, Manifest, ModelRegistry
 from cluster.storage import Storage
 from train.data import DataError, Examples, PreparedData, load_dataset
 from train.finetune import chunk_rows, evaluate, evaluation_batches, label_array, row_chunks, seed_everything, steps_per_epoch, training_batches
-from train.metrics import choose_oos_threshold, classification_metrics, confusion_matrix, oos_tradeoff
+from train.metrics import KEPT_METRIC, choose_oos_threshold, classification_metrics, confusion_matrix, oos_tradeoff
 from train.recipe import Recipe, TrainingSettings, load_recipe
 
 DISTILLED = "distilled"
@@ -141,7 +143,7 @@ def _probabilities(tokenizer: Any, model: Any, examples: Examples, labels: list[
 def _metrics_at(probabilities: np.ndarray, truth: np.ndarray, labels: list[str], evaluation: Any) -> tuple[dict[str, Any], np.ndarray]:
     """Validation metrics under ``evaluation``'s out-of-scope rule, and the predicted label ids."""
     oos_index = labels.index(evaluation.oos_label) if evaluation.oos_label in labels else None
-    predicted = predictions(probabilities, oos_index, evaluation.oos_threshold)
+    predicted = predictions(probabilities, oos_index, evaluation.probability_threshold())
     return classification_metrics(confusion_matrix(truth, predicted, len(labels)), labels, oos_index), predicted
 
 
@@ -274,64 +276,91 @@ def distill(
 
 
 def calibrate(
-    registry: ModelRegistry, ref: str, min_in_scope_accuracy: float, recipe: Recipe | None = None, *, echo: Echo = print
+    registry: ModelRegistry, ref: str, floor: float, recipe: Recipe | None = None, *,
+    floor_metric: str = "in_scope_accuracy", scores: Sequence[str] = SCORES, echo: Echo = print,
 ) -> Manifest:
-    """Register ``ref`` again with the out-of-scope threshold that gives the best out-of-scope
-    recall on the validation data while in-scope accuracy stays at ``min_in_scope_accuracy``.
+    """Register ``ref`` again with the out-of-scope rule (a score from ``scores`` and a threshold)
+    that keeps ``floor_metric`` (in-scope accuracy or out-of-scope recall) at ``floor`` and does
+    best on the other metric.
 
-    The threshold is chosen on the same data the metrics are measured on, so the manifest also
-    records a cross-fit over ``CROSS_FIT_HALVINGS`` seeded halvings of the validation data: chosen
-    on one half, measured on the other, both ways.
+    Each score's threshold is chosen on one half of the validation data and measured on the
+    other, both ways, over ``CROSS_FIT_HALVINGS`` seeded halvings; the score with the best
+    cross-fit mean wins, and those means (with their spread) are the manifest's in-scope accuracy
+    and out-of-scope recall. The registered threshold is then chosen on all the validation data;
+    what it scores there, on the rows it was chosen on, is kept in ``extra.in_sample``.
     """
-    if not 0 < min_in_scope_accuracy <= 1:
-        raise ConfigError(f"min_in_scope_accuracy must be in (0, 1]; got {min_in_scope_accuracy}")
+    if floor_metric not in KEPT_METRIC or not 0 < floor <= 1:
+        raise ConfigError(f"the floor must be on one of {sorted(KEPT_METRIC)} and in (0, 1]; got {floor_metric} {floor}")
+    unknown = sorted(set(scores) - set(SCORES))
+    if not scores or unknown:
+        raise ConfigError(f"scores must be some of {list(SCORES)}; got {list(scores)}")
     source = registry.manifest(*registry.resolve(ref))
     source_id = f"{source.name}:{source.version}"
     recipe = recipe or _recipe_of(source)
     oos_label = recipe.evaluation.oos_label
     if oos_label is None or oos_label not in source.labels:
         raise ConfigError(f"{source_id}: calibration needs the recipe's evaluation.oos_label to be one of the model's labels ({oos_label!r})")
-    validation = _load_data(recipe, f"calibrate {source_id}").validation
+    data = _load_data(recipe, f"calibrate {source_id}")
+    validation = data.validation
     _check_labels(validation.labels, source.labels, source_id)
     if len(set(validation.labels) - {oos_label}) == 0 or oos_label not in validation.labels:
         raise DataError(f"calibrating {source_id} needs both in-scope and {oos_label!r} rows in the validation data")
     source_dir = registry.fetch(source_id)
-    tokenizer, model, labels = load_classifier(source_dir)
-    probabilities, truth, val_loss = _probabilities(tokenizer, model, validation, labels, recipe)
-    oos_index = labels.index(oos_label)
-    curve = oos_tradeoff(probabilities, truth, oos_index)
-    chosen = choose_oos_threshold(curve, min_in_scope_accuracy)
-    if chosen is None:
-        best = max(point["in_scope_accuracy"] for point in curve)
-        raise ConfigError(f"{source_id} reaches in-scope accuracy {best:.4f} at best, under the floor {min_in_scope_accuracy}")
-    if chosen["threshold"] == recipe.evaluation.oos_threshold:
-        raise ConfigError(f"{source_id} already answers {oos_label!r} below top probability {chosen['threshold']}: nothing to register")
-    calibrated = recipe.model_copy(update={"evaluation": recipe.evaluation.model_copy(update={"oos_threshold": chosen["threshold"]})})
-    metrics, _ = _metrics_at(probabilities, truth, labels, calibrated.evaluation)
+    classifier = TextClassifier(source_dir, recipe.training.max_length)
+    labels, oos_index = classifier.labels, classifier.labels.index(oos_label)
+    outputs = classifier.run(validation.texts)
+    truth, predicted = label_array(validation.labels, labels), outputs.probabilities.argmax(axis=1)
+    reference = classifier.fit_reference(data.train.texts, data.train.labels, oos_label) if NEEDS_REFERENCE & set(scores) else None
     halvings = [_halves(truth, recipe.data.seed + n) for n in range(CROSS_FIT_HALVINGS)]
-    cross_fit = _cross_fit(probabilities, truth, oos_index, min_in_scope_accuracy, halvings)
+    compared = {}
+    for score in scores:
+        values = in_scope_scores(score, outputs.logits, outputs.pooled, reference, oos_index)
+        compared[score] = (values, _cross_fit(values, predicted, truth, oos_index, floor_metric, floor, halvings))
+    other = KEPT_METRIC[floor_metric]
+    best = max(compared, key=lambda score: (compared[score][1][other], compared[score][1][floor_metric]))
+    values, cross_fit = compared[best]
+    chosen = choose_oos_threshold(oos_tradeoff(values, predicted, truth, oos_index), floor_metric, floor)
+    if chosen is None:
+        reached = max(point[floor_metric] for point in oos_tradeoff(values, predicted, truth, oos_index))
+        raise ConfigError(f"{source_id} reaches {floor_metric} {reached:.4f} at best, under the floor {floor}")
+    threshold = chosen["threshold"] if np.isfinite(chosen["threshold"]) else None
+    evaluation = recipe.evaluation
+    if (best, threshold) == (evaluation.oos_score, evaluation.oos_threshold):
+        raise ConfigError(f"{source_id} already answers {oos_label!r} below {best} {threshold}: nothing to register")
+    calibrated = recipe.model_copy(update={"evaluation": evaluation.model_copy(update={"oos_score": best, "oos_threshold": threshold})})
+    final = apply_threshold(predicted, values, oos_index, threshold)
+    in_sample = classification_metrics(confusion_matrix(truth, final, len(labels)), labels, oos_index)
+    metrics = in_sample | {
+        metric: cross_fit[metric] for metric in ("in_scope_accuracy", "oos_recall", "in_scope_accuracy_std", "oos_recall_std")
+    } | {"val_loss": _loss(outputs.logits, truth)}
     extra = {
-        "optimization": CALIBRATED, "source": source_id, "min_in_scope_accuracy": min_in_scope_accuracy,
-        "oos_threshold": chosen["threshold"], "cross_fit": cross_fit,
+        "optimization": CALIBRATED, "source": source_id, "floor": {floor_metric: floor}, "oos_score": best,
+        "oos_threshold": threshold, "cross_fit": cross_fit,
+        "in_sample": {metric: round(in_sample[metric], 4) for metric in ("in_scope_accuracy", "oos_recall")},
+        "scores": {score: {key: fit[key] for key in CROSS_FIT_SUMMARY} for score, (_, fit) in compared.items()},
     }
-    manifest = registry.register(
-        source.name, source_dir, task=source.task, base_model=f"{REF_SCHEME}{source_id}", labels=labels,
-        metrics=metrics | {"val_loss": val_loss}, dataset=source.dataset, recipe=calibrated.model_dump(mode="json"),
-        parent_version=source.version, extra=extra,
-    )
-    held_out = (
-        f"in_scope_accuracy {cross_fit['in_scope_accuracy']:.4f} ({cross_fit['in_scope_accuracy_range'][0]:.4f}-{cross_fit['in_scope_accuracy_range'][1]:.4f}), "
-        f"oos_recall {cross_fit['oos_recall']:.4f} ({cross_fit['oos_recall_range'][0]:.4f}-{cross_fit['oos_recall_range'][1]:.4f}) "
-        f"over {CROSS_FIT_HALVINGS} halvings"
-        if cross_fit else "not possible (a half lacks in-scope or out-of-scope rows)"
-    )
-    echo(
-        f"registered {manifest.name}:{manifest.version}: {oos_label!r} below top probability {chosen['threshold']:.2f}; "
-        f"in_scope_accuracy {metrics['in_scope_accuracy']:.4f} (was {source.metrics.get('in_scope_accuracy', float('nan')):.4f}), "
-        f"oos_recall {metrics['oos_recall']:.4f} (was {source.metrics.get('oos_recall', float('nan')):.4f}); "
-        f"cross-fit on held-out halves: {held_out}"
-    )
+    with tempfile.TemporaryDirectory() as directory:
+        model_dir = source_dir
+        if best in NEEDS_REFERENCE and threshold is not None:
+            model_dir = Path(directory) / "model"
+            shutil.copytree(source_dir, model_dir)
+            reference.save(model_dir / REFERENCE_FILE)
+        manifest = registry.register(
+            source.name, model_dir, task=source.task, base_model=f"{REF_SCHEME}{source_id}", labels=labels,
+            metrics=metrics, dataset=source.dataset, recipe=calibrated.model_dump(mode="json"),
+            parent_version=source.version, extra=extra,
+        )
+    echo(_calibration_summary(manifest, source, compared, floor_metric))
     return manifest
+
+
+CROSS_FIT_SUMMARY = ("in_scope_accuracy", "in_scope_accuracy_std", "oos_recall", "oos_recall_std")
+
+
+def _loss(logits: np.ndarray, truth: np.ndarray) -> float:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return round(float(-log_probabilities[np.arange(len(truth)), truth].mean()), 5)
 
 
 def _halves(truth: np.ndarray, seed: int) -> np.ndarray:
@@ -344,30 +373,55 @@ def _halves(truth: np.ndarray, seed: int) -> np.ndarray:
     return first_half
 
 
-def _cross_fit(probabilities: np.ndarray, truth: np.ndarray, oos_index: int, floor: float, halvings: list[np.ndarray]) -> dict[str, Any] | None:
-    """For each halving, choose the threshold on one half and measure it on the other, both ways;
-    the mean and range over all those measurements, or None when a half lacks either kind of row."""
+def _cross_fit(
+    scores: np.ndarray, predicted: np.ndarray, truth: np.ndarray, oos_index: int, floor_metric: str, floor: float,
+    halvings: list[np.ndarray],
+) -> dict[str, Any]:
+    """For each halving, choose the threshold on one half and measure it on the other, both ways:
+    the mean, standard deviation and range of those measurements."""
     folds, under_floor = [], 0
     for first_half in halvings:
         for choose_on in (first_half, ~first_half):
             out_of_scope = truth[choose_on] == oos_index
             if not out_of_scope.any() or out_of_scope.all():
-                return None
-            curve = oos_tradeoff(probabilities[choose_on], truth[choose_on], oos_index)
-            # A half that misses the floor at every threshold falls back to its most accurate one.
-            point = choose_oos_threshold(curve, floor)
-            if point is None:
+                raise DataError("a cross-fit half lacks in-scope or out-of-scope rows; the validation data needs more of both")
+            curve = oos_tradeoff(scores[choose_on], predicted[choose_on], truth[choose_on], oos_index)
+            point = choose_oos_threshold(curve, floor_metric, floor)
+            if point is None:  # a half that misses the floor everywhere falls back to its closest threshold
                 under_floor += 1
-                point = max(curve, key=lambda p: (p["in_scope_accuracy"], -p["threshold"]))
-            folds.append(oos_tradeoff(probabilities[~choose_on], truth[~choose_on], oos_index, (point["threshold"],))[0])
+                point = max(curve, key=lambda p: (p[floor_metric], -p["threshold"]))
+            held_out = ~choose_on
+            measured = oos_tradeoff(scores[held_out], predicted[held_out], truth[held_out], oos_index, np.array([point["threshold"]]))[0]
+            folds.append(measured)
     summary: dict[str, Any] = {
-        "halvings": len(halvings), "thresholds": [fold["threshold"] for fold in folds], "halves_under_floor": under_floor,
+        "halvings": len(halvings), "halves_under_floor": under_floor,
+        "thresholds": [round(fold["threshold"], 5) if np.isfinite(fold["threshold"]) else None for fold in folds],
     }
     for metric in ("in_scope_accuracy", "oos_recall"):
         values = [fold[metric] for fold in folds]
         summary[metric] = round(float(np.mean(values)), 4)
+        summary[f"{metric}_std"] = round(float(np.std(values)), 4)
         summary[f"{metric}_range"] = [round(min(values), 4), round(max(values), 4)]
     return summary
+
+
+def _calibration_summary(manifest: Manifest, source: Manifest, compared: dict[str, Any], floor_metric: str) -> str:
+    extra, metrics = manifest.extra, manifest.metrics
+    lines = [
+        f"registered {manifest.name}:{manifest.version}: {manifest.recipe['evaluation']['oos_label']!r} below {extra['oos_score']} "
+        f"{extra['oos_threshold']}; cross-fit over {CROSS_FIT_HALVINGS} halvings (chosen on one half, measured on the other): "
+        f"in_scope_accuracy {metrics['in_scope_accuracy']:.4f} ± {metrics['in_scope_accuracy_std']:.4f}, "
+        f"oos_recall {metrics['oos_recall']:.4f} ± {metrics['oos_recall_std']:.4f} "
+        f"(in-sample, on the rows it was chosen on: {extra['in_sample']['in_scope_accuracy']:.4f}, {extra['in_sample']['oos_recall']:.4f}; "
+        f"{source.name}:{source.version} had {source.metrics.get('in_scope_accuracy', float('nan')):.4f}, {source.metrics.get('oos_recall', float('nan')):.4f})",
+        f"scores compared at the {floor_metric} floor (cross-fit mean ± std):",
+    ]
+    for score, (_, fit) in compared.items():
+        lines.append(
+            f"  {score:<12} in_scope_accuracy {fit['in_scope_accuracy']:.4f} ± {fit['in_scope_accuracy_std']:.4f}  "
+            f"oos_recall {fit['oos_recall']:.4f} ± {fit['oos_recall_std']:.4f}"
+        )
+    return "\n".join(lines)
 
 
 def _summary(manifest: Manifest, source_metrics: dict[str, Any]) -> str:
@@ -388,6 +442,13 @@ def _summary(manifest: Manifest, source_metrics: dict[str, Any]) -> str:
 # -- command line -------------------------------------------------------------------------------
 
 
+def calibration_floor(min_in_scope_accuracy: float | None, min_oos_recall: float | None) -> tuple[str, float]:
+    """(metric, floor) from the two command-line options, exactly one of which is given."""
+    if (min_in_scope_accuracy is None) == (min_oos_recall is None):
+        raise ConfigError("give exactly one of --min-in-scope-accuracy and --min-oos-recall")
+    return ("in_scope_accuracy", min_in_scope_accuracy) if min_oos_recall is None else ("oos_recall", min_oos_recall)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -404,7 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     calibrate_cmd = commands.add_parser("calibrate", help="register a version with a chosen out-of-scope threshold")
     calibrate_cmd.add_argument("--model", required=True, help="registry://NAME@ALIAS or NAME:VERSION")
     calibrate_cmd.add_argument("--config", help="recipe whose validation data to choose on (default: the model's own)")
-    calibrate_cmd.add_argument("--min-in-scope-accuracy", type=float, required=True, help="in-scope accuracy to keep, e.g. 0.96")
+    floors = calibrate_cmd.add_mutually_exclusive_group(required=True)
+    floors.add_argument("--min-in-scope-accuracy", type=float, help="in-scope accuracy to keep, e.g. 0.96; best out-of-scope recall under it")
+    floors.add_argument("--min-oos-recall", type=float, help="out-of-scope recall to reach, e.g. 0.8; best in-scope accuracy under it")
+    calibrate_cmd.add_argument(
+        "--score", action="append", choices=SCORES, help=f"out-of-scope score to try (repeatable; default: all of {', '.join(SCORES)})"
+    )
     for command in (quantize_cmd, distill_cmd, calibrate_cmd):
         command.add_argument("--storage", help="registry storage URI (default: $BATON_STORAGE, else the recipe's)")
     for command in (quantize_cmd, distill_cmd):
@@ -421,7 +487,8 @@ def _run(args: argparse.Namespace) -> None:
     if args.command == "quantize":
         quantize(registry, args.model, recipe, repeats=args.repeats)
     elif args.command == "calibrate":
-        calibrate(registry, args.model, args.min_in_scope_accuracy, recipe)
+        floor_metric, floor = calibration_floor(args.min_in_scope_accuracy, args.min_oos_recall)
+        calibrate(registry, args.model, floor, recipe, floor_metric=floor_metric, scores=args.score or SCORES)
     else:
         distill(
             registry, args.teacher, recipe, args.layers, args.epochs,

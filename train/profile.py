@@ -78,9 +78,10 @@ def profile_classifier(classifier: TextClassifier, data: PreparedData, *, dimens
     rng = np.random.default_rng(seed)
     train_texts = [data.train.texts[i] for i in _sample_indices(len(data.train), PCA_ROWS, rng)]
     validation_texts = [data.validation.texts[i] for i in _sample_indices(len(data.validation), VALIDATION_ROWS, rng)]
-    _, train_pooled = _run(classifier, train_texts)
-    probabilities, validation_pooled = _run(classifier, validation_texts)
-    label_ids = classifier.label_ids(probabilities)
+    train_pooled = classifier.run(train_texts, BATCH).pooled
+    outputs = classifier.run(validation_texts, BATCH)
+    probabilities, validation_pooled = outputs.probabilities, outputs.pooled
+    label_ids = classifier.label_ids(outputs)
     return build_profile(
         train_texts=data.train.texts,
         train_pooled=train_pooled,
@@ -95,14 +96,8 @@ def profile_classifier(classifier: TextClassifier, data: PreparedData, *, dimens
 def reference_profile(model_dir: str | Path, recipe: Recipe, data: PreparedData) -> Profile:
     """The profile of a trained checkpoint, loaded with the truncation and out-of-scope rule the
     registry will serve it with."""
-    evaluation = recipe.evaluation
-    rule = OutOfScopeRule(evaluation.oos_label, evaluation.oos_threshold) if evaluation.oos_label in data.labels and evaluation.oos_threshold > 0 else None
+    rule = OutOfScopeRule.from_evaluation(recipe.evaluation.model_dump(), data.labels)
     return profile_classifier(TextClassifier(model_dir, recipe.training.max_length, rule), data, seed=recipe.training.seed)
-
-
-def _run(classifier: TextClassifier, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    parts = [classifier.forward(texts[start : start + BATCH], pooled=True) for start in range(0, len(texts), BATCH)]
-    return np.concatenate([p for p, _ in parts]), np.concatenate([pooled for _, pooled in parts])
 
 
 def _sample_indices(n: int, limit: int, rng: np.random.Generator) -> np.ndarray:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from cluster.config import NAME_PATTERN, Strict, parse_config, read_yaml
+from actors.out_of_scope import Score
 from train.data import DataSpec
 
 
@@ -66,9 +67,32 @@ class EvaluationSettings(Strict):
     oos_label: str | None = Field(
         None, description="Label meaning out-of-scope: adds in_scope_accuracy and oos_recall to the metrics."
     )
-    oos_threshold: float = Field(
-        0.0, ge=0, lt=1, description="Top probability below which a prediction counts as out-of-scope (0: class only)."
+    oos_score: Score = Field(
+        "probability",
+        description=(
+            "What oos_threshold is compared with: the top softmax probability; the energy (log-sum-exp) of the in-scope "
+            "logits; minus the Mahalanobis distance of the pooled encoder output to the nearest in-scope class mean; or "
+            "its cosine similarity to the k-th nearest in-scope training row. The last two ship statistics of the "
+            "training rows with the model (out_of_scope.npz)."
+        ),
     )
+    oos_threshold: float | None = Field(
+        None,
+        description=(
+            "A prediction whose oos_score is below this counts as out-of-scope; null (or 0 with probability): the "
+            "out-of-scope class only. `baton optimize calibrate` chooses it."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _probability_threshold_in_range(self) -> EvaluationSettings:
+        if self.oos_score == "probability" and self.oos_threshold is not None and not 0 <= self.oos_threshold < 1:
+            raise ValueError(f"a top-probability oos_threshold must be in [0, 1); got {self.oos_threshold}")
+        return self
+
+    def probability_threshold(self) -> float | None:
+        """The threshold training evaluates with: only a top-probability one needs nothing but the logits."""
+        return self.oos_threshold if self.oos_score == "probability" else None
 
 
 class SearchDimension(Strict):

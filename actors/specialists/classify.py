@@ -89,8 +89,8 @@ class ClassifySpecialist(Specialist):
         self._classifier = open_classifier(self.params.model, self.params.storage, self.params.max_length)
 
     def _predict(self, texts: list[str], options: list[Any]) -> list[dict]:
-        probabilities, projections = self._classifier.classify(texts)
-        label_ids = self._classifier.label_ids(probabilities)
+        outputs, label_ids, projections = self._classifier.classify(texts)
+        probabilities = outputs.probabilities
         labels = self._classifier.labels
         answers = []
         for index, (row, label_id, option) in enumerate(zip(probabilities, label_ids, options)):

@@ -239,3 +239,80 @@ def test_clinc150_with_given_validation():
     assert data.labels == intents and len(intents) == 150
     assert (len(data.train), len(data.validation)) == (15000, 3000)
     assert Counter(data.validation.labels) == {intent: 20 for intent in intents}
+
+
+# Three treebank-style sentences and phrases of them; "a fine cast" occurs in two sentences.
+SENTENCES = [
+    ("a fine cast makes the film sing .", "pos"),
+    ("the plot drags and a fine cast cannot save it .", "neg"),
+    ("a dull , joyless slog .", "neg"),
+    ("an utter delight from start to finish .", "pos"),
+]
+PHRASES = [
+    ("a fine cast", "pos"), ("makes the film sing", "pos"), ("the plot drags", "neg"), ("cannot save it", "neg"),
+    ("a dull , joyless slog", "neg"), ("joyless", "neg"), ("an utter delight", "pos"), ("from start to finish", "pos"),
+]
+
+
+def words_inside(sentence: str) -> set[tuple[str, ...]]:
+    words = sentence.split()
+    return {tuple(words[i:j]) for i in range(len(words)) for j in range(i + 1, len(words) + 1)}
+
+
+def test_sentence_rows_are_the_rows_no_other_row_contains(tmp_path):
+    rows = [data_module._Row(text, label, "here") for text, label in PHRASES + SENTENCES + [SENTENCES[0]]]
+    assert [rows[i].text for i in data_module.sentence_rows(rows)] == [text for text, _ in SENTENCES]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_whole_sentence_split_holds_out_sentences_with_every_phrase_inside_them(tmp_path, seed):
+    uri = write_jsonl(tmp_path / "t.jsonl", PHRASES + SENTENCES)
+    data = load(train=uri, split="whole_sentences", validation_fraction=0.5, seed=seed)
+    # Half of each label's sentences (the stratified rule: at least one, never all), whole.
+    assert sorted(data.validation.labels) == ["neg", "pos"]
+    assert set(data.validation.texts) <= {text for text, _ in SENTENCES}
+    inside = set().union(*(words_inside(text) for text in data.validation.texts))
+    assert not any(tuple(text.split()) in inside for text in data.train.texts)
+    # Nothing else leaves train: every row outside the held-out sentences stays.
+    assert len(data.train) == sum(tuple(text.split()) not in inside for text, _ in PHRASES + SENTENCES)
+    again = load(train=uri, split="whole_sentences", validation_fraction=0.5, seed=seed)
+    assert again.validation == data.validation and again.fingerprint == data.fingerprint
+    assert load(train=uri, validation_fraction=0.5, seed=seed).fingerprint != data.fingerprint
+
+
+def test_hold_out_moves_a_share_of_a_label_to_validation(tmp_path):
+    train = write_jsonl(tmp_path / "t.jsonl", ROWS)
+    validation = write_jsonl(tmp_path / "v.jsonl", [("a", "pos"), ("b", "neg")])
+    data = load(train=train, validation=validation, hold_out={"neg": 0.5}, seed=3)
+    assert Counter(data.train.labels) == {"pos": 20, "neg": 5}
+    assert Counter(data.validation.labels) == {"pos": 1, "neg": 6}
+    moved = set(data.validation.texts) - {"a", "b"}
+    assert not moved & set(data.train.texts)
+    assert load(train=train, validation=validation, hold_out={"neg": 0.5}, seed=3).validation == data.validation
+    assert load(train=train, validation=validation, hold_out={"neg": 0.5}, seed=4).validation != data.validation
+    with pytest.raises(DataError, match="hold_out: label 'maybe' has 0 train rows"):
+        load(train=train, hold_out={"maybe": 0.5})
+    with pytest.raises(ValidationError, match="hold_out shares must be between 0 and 1"):
+        DataSpec(train=train, hold_out={"neg": 1.0})
+
+
+@needs_shared_datasets
+def test_sst2_whole_sentences_share_no_phrase_with_train():
+    data = load(
+        train=str(DATASETS / "sst2" / "train.tsv"), label_map={"0": "NEGATIVE", "1": "POSITIVE"},
+        split="whole_sentences", validation_fraction=0.1, seed=13,
+    )
+    assert (len(data.train), len(data.validation)) == (59647, 689)
+    inside = set().union(*(words_inside(text) for text in data.validation.texts))
+    assert not any(tuple(text.split()) in inside for text in data.train.texts)
+
+
+@needs_shared_datasets
+def test_clinc150_holds_out_half_of_the_out_of_scope_training_rows():
+    root = DATASETS / "clinc150"
+    data = load(
+        train=str(root / "train.jsonl"), extra_train=[str(root / "oos_train.jsonl")], validation=str(root / "val.jsonl"),
+        extra_validation=[str(root / "oos_val.jsonl")], label_field="intent", hold_out={"oos": 0.5},
+    )
+    assert Counter(data.train.labels)["oos"] == 50 and Counter(data.validation.labels)["oos"] == 150
+    assert (len(data.train), len(data.validation)) == (15050, 3150)

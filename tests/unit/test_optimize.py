@@ -4,7 +4,9 @@ distillation into fewer layers, loading both kinds back, latency and reference e
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,8 +17,9 @@ import train.optimize as optimize
 from cluster.errors import ConfigError, NotFound
 from cluster.registry import ModelRegistry
 from cluster.storage import Storage
-from train.data import DataError
-from actors.classifier_io import OutOfScopeRule, TextClassifier
+from train.data import DataError, Examples
+from actors.classifier_io import OutOfScopeRule, Outputs, TextClassifier, open_classifier
+from actors.out_of_scope import REFERENCE_FILE, Reference, in_scope_scores
 from actors.specialists.classify import ClassifySpecialist
 from train.optimize import (
     CALIBRATED,
@@ -201,70 +204,137 @@ def two_class(positive: list[float]) -> np.ndarray:
 
 @pytest.fixture
 def known_curve(monkeypatch):
+    """A test double for the model's outputs on the validation rows, so the curve is known."""
     probabilities = two_class(IN_SCOPE_TOPS + OOS_TOPS)
-    truth = np.array([1] * len(IN_SCOPE_TOPS) + [0] * len(OOS_TOPS))
-    monkeypatch.setattr(optimize, "_probabilities", lambda *_: (probabilities, truth, 0.25))
+    outputs = Outputs(np.log(probabilities), probabilities, np.zeros((len(probabilities), 4)))
+    monkeypatch.setattr(TextClassifier, "run", lambda self, texts, batch_size=256: outputs)
+    # The fixture's validation rows stand for these 20: ten POSITIVE (in scope), ten NEGATIVE (out of scope).
+    monkeypatch.setattr(
+        optimize, "_load_data",
+        lambda recipe, purpose: SimpleNamespace(validation=Examples(["x"] * 20, ["POSITIVE"] * 10 + ["NEGATIVE"] * 10), train=None),
+    )
 
 
 def test_calibrate_registers_the_best_threshold_at_the_floor(registry, recipe, known_curve):
-    # In-scope accuracy 0.8 at 0.0; keeping 0.7 allows losing the 0.6 row (t in 0.61..0.65),
-    # where out-of-scope recall is 5/10 at 0.61-0.62 and 6/10 from 0.63.
-    manifest = calibrate(registry, "tiny@champion", 0.7, with_oos_label(recipe), echo=quiet)
+    # In-scope accuracy 0.8 with the class alone; keeping 0.7 allows losing the 0.6 row: between
+    # 0.62 and 0.65 out-of-scope recall is 6/10 (3 answered NEGATIVE, 3 more under the threshold).
+    manifest = calibrate(registry, "tiny@champion", 0.7, with_oos_label(recipe), scores=["probability"], echo=quiet)
 
     source = registry.manifest("tiny", "v1")
     assert (manifest.version, manifest.parent_version, manifest.files) == ("v2", "v1", source.files)
     assert manifest.extra["optimization"] == CALIBRATED and manifest.extra["source"] == "tiny:v1"
-    assert manifest.extra["oos_threshold"] == manifest.recipe["evaluation"]["oos_threshold"] == 0.63
-    assert manifest.recipe["evaluation"]["oos_label"] == "NEGATIVE"
-    assert manifest.metrics["in_scope_accuracy"] == pytest.approx(0.7) and manifest.metrics["oos_recall"] == pytest.approx(0.6)
-    assert manifest.metrics["val_loss"] == 0.25
-    assert OutOfScopeRule.of(manifest) == OutOfScopeRule("NEGATIVE", 0.63)
+    assert manifest.extra["oos_threshold"] == manifest.recipe["evaluation"]["oos_threshold"] == pytest.approx(0.635)
+    assert manifest.recipe["evaluation"]["oos_label"] == "NEGATIVE" and manifest.recipe["evaluation"]["oos_score"] == "probability"
+    assert manifest.extra["in_sample"] == {"in_scope_accuracy": 0.7, "oos_recall": 0.6}
+    # The headline figures are the cross-fit's, measured on halves the threshold was not chosen on.
+    cross_fit = manifest.extra["cross_fit"]
+    assert (manifest.metrics["in_scope_accuracy"], manifest.metrics["oos_recall"]) == (cross_fit["in_scope_accuracy"], cross_fit["oos_recall"])
+    assert manifest.metrics["in_scope_accuracy_std"] == cross_fit["in_scope_accuracy_std"] >= 0
+    assert len(cross_fit["thresholds"]) == 2 * cross_fit["halvings"] == 20
+    assert manifest.metrics["val_loss"] > 0
+    assert OutOfScopeRule.of(manifest) == OutOfScopeRule("NEGATIVE", pytest.approx(0.635))
+
+
+def test_calibrate_to_an_out_of_scope_recall_floor(registry, recipe, known_curve):
+    # Recall 0.6 first needs a threshold above 0.62, which costs the 0.6 in-scope row: 0.7.
+    manifest = calibrate(registry, "tiny:v1", 0.6, with_oos_label(recipe), floor_metric="oos_recall", scores=["probability"], echo=quiet)
+    assert manifest.extra["floor"] == {"oos_recall": 0.6}
+    assert manifest.extra["in_sample"] == {"in_scope_accuracy": 0.7, "oos_recall": 0.6}
 
 
 def test_calibrate_refuses_what_it_cannot_do(registry, recipe, known_curve):
     with pytest.raises(ConfigError, match="calibration needs the recipe's evaluation.oos_label"):
         calibrate(registry, "tiny:v1", 0.9, recipe, echo=quiet)
-    with pytest.raises(ConfigError, match=r"min_in_scope_accuracy must be in \(0, 1\]"):
+    with pytest.raises(ConfigError, match=r"the floor must be on one of .* and in \(0, 1\]"):
         calibrate(registry, "tiny:v1", 1.5, with_oos_label(recipe), echo=quiet)
-    with pytest.raises(ConfigError, match="reaches in-scope accuracy 0.8000 at best, under the floor 0.9"):
-        calibrate(registry, "tiny:v1", 0.9, with_oos_label(recipe), echo=quiet)
-    with pytest.raises(ConfigError, match="already answers 'NEGATIVE' below top probability 0.63"):
-        calibrate(registry, "tiny:v1", 0.7, with_oos_label(recipe, 0.63), echo=quiet)
+    with pytest.raises(ConfigError, match="scores must be some of"):
+        calibrate(registry, "tiny:v1", 0.7, with_oos_label(recipe), scores=["loudness"], echo=quiet)
+    with pytest.raises(ConfigError, match="reaches in_scope_accuracy 0.8000 at best, under the floor 0.9"):
+        calibrate(registry, "tiny:v1", 0.9, with_oos_label(recipe), scores=["probability"], echo=quiet)
+    with pytest.raises(ConfigError, match="already answers 'NEGATIVE' below probability 0.635"):
+        calibrate(registry, "tiny:v1", 0.7, with_oos_label(recipe, 0.635), scores=["probability"], echo=quiet)
+    assert [m.version for m in registry.versions("tiny")] == ["v1"]
+
+
+def test_calibrate_needs_both_kinds_of_validation_rows(registry, recipe):
     in_scope_only = Path(recipe.storage).parent / "in_scope_only.jsonl"
     in_scope_only.write_text('{"text": "fine", "label": "POSITIVE"}\n' * 4)
     no_oos_rows = with_oos_label(recipe).model_copy(update={"data": recipe.data.model_copy(update={"validation": str(in_scope_only)})})
     with pytest.raises(DataError, match="needs both in-scope and 'NEGATIVE' rows in the validation data"):
         calibrate(registry, "tiny:v1", 0.7, no_oos_rows, echo=quiet)
-    assert [m.version for m in registry.versions("tiny")] == ["v1"]
 
 
 def test_cross_fit_measures_each_threshold_on_the_other_half():
-    # Half A picks 0.66 (its out-of-scope row is at 0.65), half B picks 0.56 (its row is at 0.55).
-    probabilities = two_class([0.9, 0.7, 0.65, 0.9, 0.6, 0.55])
-    truth = np.array([1, 1, 0, 1, 1, 0])
+    # Half A picks 0.675 (its out-of-scope row is at 0.65), half B picks 0.575 (its row is at 0.55).
+    scores = np.array([0.9, 0.7, 0.65, 0.9, 0.6, 0.55])
+    truth, predicted = np.array([1, 1, 0, 1, 1, 0]), np.ones(6, dtype=int)
     first_half = np.array([True, True, True, False, False, False])
-    fit = optimize._cross_fit(probabilities, truth, 0, 1.0, [first_half])
-    # 0.66 on B: loses the 0.6 in-scope row, catches 0.55; 0.56 on A: keeps both, misses 0.65.
+    fit = optimize._cross_fit(scores, predicted, truth, 0, "in_scope_accuracy", 1.0, [first_half])
+    # 0.675 on B: loses the 0.6 in-scope row, catches 0.55; 0.575 on A: keeps both, misses 0.65.
     assert fit == {
-        "halvings": 1, "thresholds": [0.66, 0.56], "halves_under_floor": 0, "in_scope_accuracy": 0.75, "in_scope_accuracy_range": [0.5, 1.0],
-        "oos_recall": 0.5, "oos_recall_range": [0.0, 1.0],
+        "halvings": 1, "halves_under_floor": 0, "thresholds": [0.675, 0.575],
+        "in_scope_accuracy": 0.75, "in_scope_accuracy_std": 0.25, "in_scope_accuracy_range": [0.5, 1.0],
+        "oos_recall": 0.5, "oos_recall_std": 0.5, "oos_recall_range": [0.0, 1.0],
     }
-    assert optimize._cross_fit(probabilities, truth, 0, 1.0, [first_half, ~first_half])["thresholds"] == [0.66, 0.56, 0.56, 0.66]
-    assert optimize._cross_fit(probabilities, truth, 0, 1.0, [np.array([True, True, True, True, True, False])]) is None
+    twice = optimize._cross_fit(scores, predicted, truth, 0, "in_scope_accuracy", 1.0, [first_half, ~first_half])
+    assert twice["thresholds"] == [0.675, 0.575, 0.575, 0.675]
+    with pytest.raises(DataError, match="a cross-fit half lacks in-scope or out-of-scope rows"):
+        optimize._cross_fit(scores, predicted, truth, 0, "in_scope_accuracy", 1.0, [np.array([True, True, True, True, True, False])])
 
 
-def test_cross_fit_half_under_the_floor_falls_back_to_its_most_accurate_threshold():
-    # Half A cannot keep in-scope accuracy 1.0 (its 0.45 row is wrong at any threshold): threshold 0.0.
+def test_cross_fit_half_under_the_floor_falls_back_to_its_closest_threshold():
+    # Half A cannot keep in-scope accuracy 1.0 (its first row is answered wrongly at any threshold): the class alone.
     probabilities = two_class([0.45, 0.9, 0.2, 0.9, 0.8, 0.6])
-    truth = np.array([1, 1, 0, 1, 1, 0])
-    fit = optimize._cross_fit(probabilities, truth, 0, 1.0, [np.array([True, True, True, False, False, False])])
-    # 0.0 on B misses its 0.6 out-of-scope row; 0.61 (chosen on B) on A catches A's row, A's 0.45 row stays wrong.
-    assert (fit["thresholds"], fit["in_scope_accuracy"], fit["oos_recall"], fit["halves_under_floor"]) == ([0.0, 0.61], 0.75, 0.5, 1)
+    scores, predicted = probabilities.max(axis=1), probabilities.argmax(axis=1)
+    fit = optimize._cross_fit(scores, predicted, np.array([1, 1, 0, 1, 1, 0]), 0, "in_scope_accuracy", 1.0, [np.array([True, True, True, False, False, False])])
+    # The class alone on B misses its 0.6 out-of-scope row; 0.7 (chosen on B) on A changes nothing there.
+    assert (fit["thresholds"], fit["in_scope_accuracy"], fit["oos_recall"], fit["halves_under_floor"]) == ([None, 0.7], 0.75, 0.5, 1)
+
+
+def test_calibrate_compares_every_score_and_serves_the_winner(registry, recipe):
+    """No test double: the tiny model's own outputs; NEGATIVE stands in for out-of-scope, and the
+    distance scores' reference is fitted on the POSITIVE training rows."""
+    manifest = calibrate(registry, "tiny:v1", 0.5, with_oos_label(recipe), echo=quiet)
+    assert set(manifest.extra["scores"]) == {"probability", "energy", "mahalanobis", "neighbours"}
+    best = manifest.extra["oos_score"]
+    other = manifest.extra["scores"]
+    assert other[best]["oos_recall"] == max(fit["oos_recall"] for fit in other.values())
+    files = set(manifest.files)
+    # The reference ships only when the rule needs it: a distance score with a threshold.
+    assert (REFERENCE_FILE in files) == (best in {"mahalanobis", "neighbours"} and manifest.extra["oos_threshold"] is not None)
+
+
+
+def test_served_model_applies_a_distance_rule_with_its_shipped_reference(registry, recipe, tmp_path):
+    """A version whose rule is a Mahalanobis threshold (half the inputs fall under it) serves
+    exactly what the rule computes on the model's own pooled outputs, row by row."""
+    classifier = TextClassifier(registry.fetch("tiny:v1"), 32)
+    reference = classifier.fit_reference(POSITIVE * 3, ["POSITIVE"] * len(POSITIVE) * 3, "NEGATIVE")
+    texts = [f"{text} {extra}" for text in POSITIVE + NEGATIVE for extra in ("", "indeed")]
+    outputs = classifier.run(texts)
+    scores = in_scope_scores("mahalanobis", outputs.logits, outputs.pooled, reference, LABELS.index("NEGATIVE"))
+    threshold = float(np.median(scores))
+    model_dir = tmp_path / "model"
+    shutil.copytree(registry.fetch("tiny:v1"), model_dir)
+    reference.save(model_dir / REFERENCE_FILE)
+    evaluation = {"oos_label": "NEGATIVE", "oos_score": "mahalanobis", "oos_threshold": threshold}
+    served_recipe = recipe.model_copy(update={"evaluation": recipe.evaluation.model_copy(update=evaluation)})
+    registry.register(
+        "tiny", model_dir, task="sequence-classification", base_model="registry://tiny:v1", labels=LABELS, metrics={},
+        dataset={"uri": recipe.data.train, "sha256": "0" * 64, "rows": 30}, recipe=served_recipe.model_dump(mode="json"),
+        parent_version="v1",
+    )
+    served = open_classifier("registry://tiny:v2", recipe.storage)
+    assert served.out_of_scope == OutOfScopeRule("NEGATIVE", threshold, "mahalanobis")
+    _, label_ids, _ = served.classify(texts)
+    expected = np.where(scores < threshold, LABELS.index("NEGATIVE"), outputs.probabilities.argmax(axis=1))
+    assert label_ids.tolist() == expected.tolist()
+    assert (scores < threshold).sum() == len(texts) // 2
 
 
 def test_int8_is_known_by_its_files_after_calibration(registry, recipe, known_curve):
     quantize(registry, "tiny:v1", repeats=1, echo=quiet)
-    calibrate(registry, "tiny:v2", 0.7, with_oos_label(recipe), echo=quiet)
+    calibrate(registry, "tiny:v2", 0.7, with_oos_label(recipe), scores=["probability"], echo=quiet)
     with pytest.raises(ConfigError, match="tiny:v3 has int8 weights already"):
         quantize(registry, "tiny:v3", echo=quiet)
 

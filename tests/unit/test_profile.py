@@ -144,7 +144,7 @@ def test_classify_emits_the_projection_of_its_input(registry, recipe, model_dir)
     outputs = specialist.predict(TEXTS[:2])
     results = [specialist.result(output) for output in outputs]
     profile = profile_of(registry.manifest("tiny", "v1"))
-    _, pooled = TextClassifier(model_dir, 16).forward(TEXTS[:1], pooled=True)
+    pooled = TextClassifier(model_dir, 16).forward(TEXTS[:1], pooled=True).pooled
     assert all(len(result.features) == profile.dimensions for result in results)
     np.testing.assert_allclose(results[0].features, profile.project(pooled)[0], atol=1e-4)
     # The projection is no part of the answer.
