@@ -101,6 +101,50 @@ def models_show(ref: str = typer.Argument(..., help="NAME, NAME:VERSION or NAME@
     print(json.dumps(registry.manifest(name, version).model_dump(mode="json"), indent=2))
 
 
+@models_app.command("import")
+def models_import(
+    directory: Path = typer.Argument(..., help="Hugging Face checkpoint directory: config.json, tokenizer files, model.safetensors."),
+    name: str = typer.Option(..., "--name", help="Registry model name; the checkpoint becomes its next version."),
+    eval_data: str = typer.Option(
+        ..., "--eval", help="Evaluation set its metrics are measured on: JSONL, CSV, TSV or Parquet, any fsspec URI."
+    ),
+    task: str = typer.Option("text-classification", "--task", help="What the checkpoint does (text-classification)."),
+    text_field: str = typer.Option("text", "--text-field", help="Column of the evaluation set holding the text."),
+    label_field: str = typer.Option("label", "--label-field", help="Column of the evaluation set holding the label."),
+    label_map: list[str] = typer.Option(
+        [], "--label-map", help="RAW=LABEL: an evaluation label -> the checkpoint's label name (repeatable; then every label must be mapped)."
+    ),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=8, max=512, help="Tokens kept per text when measured and served (default 128)."),
+    oos_label: Optional[str] = typer.Option(None, "--oos-label", help="The checkpoint's out-of-scope label, if it has one: adds in-scope accuracy and out-of-scope recall."),
+    storage: str = StorageOption,
+) -> None:
+    """Register a text classifier trained elsewhere as the next version of NAME, measured on --eval;
+    serve it like any version (registry://NAME:vN) and promote it through the same gate."""
+    from train.data import DataSpec
+    from train.importer import import_checkpoint
+
+    evaluation = DataSpec(train=eval_data, text_field=text_field, label_field=label_field, label_map=_label_map(label_map))
+
+    def change() -> dict[str, Any]:
+        manifest = import_checkpoint(
+            _registry(storage), directory, name, evaluation, task=task, max_length=max_length, oos_label=oos_label,
+            echo=console.print,
+        )
+        metrics = {key: value for key, value in manifest.metrics.items() if key != "per_class_f1"}
+        return {"before": None, "after": f"{manifest.name}:{manifest.version}", "version": manifest.version, "metrics": metrics}
+
+    print(json.dumps(_audited(storage, "admin.models.import", {"name": name, "source": str(directory)}, change)))
+
+
+def _label_map(pairs: list[str]) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    malformed = [pair for pair in pairs if pair.count("=") != 1 or not all(pair.split("="))]
+    if malformed:
+        raise ConfigError(f"--label-map takes RAW=LABEL; got {malformed}")
+    return dict(pair.split("=") for pair in pairs)
+
+
 @models_app.command("alias")
 def models_alias(name: str, version: str, alias: str, storage: str = StorageOption) -> None:
     """Point ALIAS of NAME at VERSION (written atomically, audited as admin.models.alias)."""

@@ -24,7 +24,7 @@ from cluster.storage import resolve_uri
 from cluster.config import Strict
 from cluster.errors import ConfigError
 
-__all__ = ["DataError", "DataSpec", "Examples", "PreparedData", "load_dataset"]
+__all__ = ["DataError", "DataSpec", "Examples", "PreparedData", "load_dataset", "read_examples"]
 
 Format = Literal["jsonl", "csv", "tsv", "parquet"]
 EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
@@ -182,6 +182,12 @@ def load_dataset(spec: DataSpec) -> PreparedData:
         fingerprint=_fingerprint(spec, digests),
         file_sha256=digests,
     )
+
+
+def read_examples(spec: DataSpec) -> tuple[Examples, str]:
+    """Every row of ``spec.train``, unsplit and unsampled, and the file's sha256: an evaluation set."""
+    rows, digest = _read_rows(spec.train, spec)
+    return _examples(rows), digest
 
 
 def _read_rows(uri: str, spec: DataSpec) -> tuple[list[_Row], str]:

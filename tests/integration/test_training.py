@@ -123,14 +123,44 @@ def test_broken_recipe_fails_before_training_naming_the_field(storage_uri, tmp_p
         finetune(missing_column, storage_uri=storage_uri)
 
 
-def test_promoted_model_serves_through_route(trained, client, test_config, storage_uri, baton_url):
+def import_checkpoint_by_cli(storage_uri: str, directory: Path, evaluation: Path) -> str:
+    """``baton models import`` of a checkpoint trained elsewhere; the version it registered."""
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    import train.cli as train_cli
+
+    root = typer.Typer()
+    train_cli.register(root)
+    args = ["models", "import", str(directory), "--name", "outside-reviews", "--task", "text-classification", "--eval", str(evaluation), "--storage", storage_uri]
+    result = CliRunner().invoke(root, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])["after"]
+
+
+def test_promoted_and_imported_models_serve_through_route(trained, client, test_config, storage_uri, baton_url, tmp_path):
     from ray import serve
 
+    from actors.classifier_io import TextClassifier
     from serve.builder import APP_NAME, build_application
+    from tests.unit.classifier_doubles import LABELS, NEGATIVE, POSITIVE, build_tiny_classifier
 
     registry = ModelRegistry(Storage(storage_uri))
     registry.promote("tiny-sentiment", trained[0].version, metric="accuracy", margin=0.0, force=True)
+    # A checkpoint trained elsewhere (a test double), imported with its metrics on an evaluation file.
+    checkpoint = build_tiny_classifier(tmp_path / "checkpoint")
+    evaluation = tmp_path / "eval.jsonl"
+    evaluation.write_text("".join(f'{{"text": "{t}", "label": "{label}"}}\n' for label, texts in (("POSITIVE", POSITIVE), ("NEGATIVE", NEGATIVE)) for t in texts))
+    imported = import_checkpoint_by_cli(storage_uri, checkpoint, evaluation)
+    assert registry.manifest(*imported.split(":")).metrics["accuracy"] == 1.0
     agents = [a.model_dump() for a in test_config.agents] + [
+        {
+            "name": "outside", "kind": "classify", "description": "A review classifier trained elsewhere and imported.", "routable": False,
+            "versions": [{"version": "v1", "weight": 100, "model": f"registry://{imported}", "resources": {"num_cpus": 0.05},
+                          "autoscaling": {"min_replicas": 1, "max_replicas": 1}}],
+        },
         {
             "name": "tiny",
             "kind": "classify",
@@ -147,6 +177,12 @@ def test_promoted_model_serves_through_route(trained, client, test_config, stora
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["agent"] == "tiny" and body["version"] == "v1"
+    texts = ["a wonderful film , truly", "boring , far too long"]
+    expected = [LABELS[i] for i in TextClassifier(checkpoint, 128)(texts).argmax(axis=1)]
+    for text, label in zip(texts, expected):
+        answer = client.post("/v1/agents/outside/invoke", json={"text": text})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["result"]["label"] == label
     assert body["result"]["label"] in {"POSITIVE", "NEGATIVE"}
     assert set(body["result"]["scores"]) == {"POSITIVE", "NEGATIVE", "NEUTRAL", "MIXED"}
     models = client.get("/v1/admin/models").json()["models"]

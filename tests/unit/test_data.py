@@ -56,7 +56,7 @@ def load(**fields):
 
 
 def test_exported_names():
-    assert sorted(data_module.__all__) == ["DataError", "DataSpec", "Examples", "PreparedData", "load_dataset"]
+    assert sorted(data_module.__all__) == ["DataError", "DataSpec", "Examples", "PreparedData", "load_dataset", "read_examples"]
     assert issubclass(DataError, ConfigError)
 
 

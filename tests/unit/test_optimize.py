@@ -19,7 +19,7 @@ from cluster.registry import ModelRegistry
 from cluster.storage import Storage
 from train.data import DataError, Examples
 from actors.classifier_io import OutOfScopeRule, Outputs, TextClassifier, open_classifier
-from actors.out_of_scope import REFERENCE_FILE, Reference, in_scope_scores
+from actors.out_of_scope import REFERENCE_FILE, in_scope_scores
 from actors.specialists.classify import ClassifySpecialist
 from train.optimize import (
     CALIBRATED,
