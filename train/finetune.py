@@ -208,7 +208,9 @@ def train_loop_per_worker(config: dict) -> None:
             batch_size=span, batch_format="numpy", local_shuffle_buffer_size=2 * span, local_shuffle_seed=training.seed + epoch
         )
         batches = itertools.islice(training_batches(chunks, tokenizer, training.batch_size, training.max_length, training.seed + epoch, device), steps)
-        train_loss, samples_per_s, seen = run_epoch(model, batches, steps, optimizer, scheduler, epoch, training.epochs, rank)
+        train_loss, samples_per_s, seen = run_epoch(
+            model, batches, steps, optimizer, scheduler, epoch, training.epochs, rank, training.label_smoothing
+        )
         # Every worker reads all of validation and scores every world-th batch of it.
         mine = (rows for index, rows in enumerate(validation.iter_batches(batch_size=training.eval_batch_size, batch_format="numpy")) if index % world == rank)
         probabilities, shard_labels, loss_sum = evaluate(model, evaluation_batches(mine, tokenizer, training.max_length, device))
@@ -239,18 +241,23 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def run_epoch(model, batches, steps: int, optimizer, scheduler, epoch: int, epochs: int, rank: int) -> tuple[float, float, int]:
+def run_epoch(
+    model, batches, steps: int, optimizer, scheduler, epoch: int, epochs: int, rank: int, label_smoothing: float = 0.0
+) -> tuple[float, float, int]:
     """One pass over ``steps`` batches: (mean loss, samples/s, samples); rank 0 prints a progress
     bar line every ~10% of the epoch."""
+    import torch.nn.functional as F
+
     started, seen, loss_sum = time.perf_counter(), 0, 0.0
     next_mark = 0.1
     for step, batch in enumerate(batches, 1):
-        output = model(**batch)
-        output.loss.backward()
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = F.cross_entropy(logits, batch["labels"], label_smoothing=label_smoothing)
+        loss.backward()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-        loss_sum += output.loss.item() * len(batch["labels"])
+        loss_sum += loss.item() * len(batch["labels"])
         seen += len(batch["labels"])
         if step / steps >= next_mark or step == steps:
             next_mark += 0.1

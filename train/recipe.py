@@ -28,6 +28,9 @@ class TrainingSettings(Strict):
     seed: int = Field(0, description="Seed of initialisation, shuffling and dropout: same seed, same metrics.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming the learning rate up.")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="Share of each target's probability spread over the other labels (cross-entropy label smoothing)."
+    )
     early_stopping: EarlyStopping | None = Field(default_factory=EarlyStopping, description="Stop when the metric stalls; null disables.")
 
 

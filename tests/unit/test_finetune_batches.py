@@ -71,3 +71,26 @@ def test_loop_config_carries_counts_not_examples():
     assert len(pickle.dumps(config)) < 8_192
     assert (config["train_rows"], config["validation_rows"]) == (2_000, 10)
     assert label_array(names[:4], data.labels).tolist() == [0, 1, 0, 1]
+
+
+def test_label_smoothing_changes_the_loss_the_epoch_trains_on(tmp_path):
+    """run_epoch's loss is the model's own cross-entropy without smoothing, and the smoothed
+    cross-entropy with it (on the tiny classifier double; a zero learning rate keeps it unchanged)."""
+    import torch
+
+    from actors.classifier_io import load_classifier
+    from tests.unit.classifier_doubles import NEGATIVE, POSITIVE, build_tiny_classifier
+    from train.finetune import collate, run_epoch
+
+    tokenizer, model, _ = load_classifier(build_tiny_classifier(tmp_path / "tiny"))
+    ids = tokenizer(POSITIVE + NEGATIVE, truncation=True, max_length=16)["input_ids"]
+    batch = collate(ids, np.array([1] * len(POSITIVE) + [0] * len(NEGATIVE)), tokenizer.pad_token_id)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model.train(False)  # no dropout: the two passes see the same logits
+    with torch.no_grad():
+        plain = model(**batch).loss.item()
+    losses = {ls: run_epoch(model, [batch], 1, optimizer, scheduler, 0, 1, rank=1, label_smoothing=ls)[0] for ls in (0.0, 0.2)}
+    assert losses[0.0] == pytest.approx(plain, rel=1e-5)
+    # A confident, right model pays for smoothing: part of each target sits on the wrong label.
+    assert losses[0.2] > losses[0.0] + 0.05
