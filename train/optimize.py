@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from actors.classifier_io import INT8, MARKER, TextClassifier, load_classifier, predictions, quantize_linear, save_quantized
+from actors.classifier_io import INT8, MARKER, OutOfScopeRule, TextClassifier, load_classifier, quantize_linear, save_quantized
 from actors.out_of_scope import NEEDS_REFERENCE, REFERENCE_FILE, SCORES, apply_threshold, in_scope_scores
 from cluster.config import parse_config
 from cluster.errors import BatonError, ConfigError, exit_code
 from cluster.registry import REF_SCHEME, Manifest, ModelRegistry
 from cluster.storage import Storage
 from train.data import DataError, Examples, PreparedData, load_dataset
-from train.finetune import chunk_rows, evaluate, evaluation_batches, label_array, row_chunks, seed_everything, steps_per_epoch, training_batches
+from train.finetune import chunk_rows, label_array, row_chunks, seed_everything, steps_per_epoch, training_batches
 from train.metrics import KEPT_METRIC, choose_oos_threshold, classification_metrics, confusion_matrix, oos_tradeoff
 from train.recipe import Recipe, TrainingSettings, load_recipe
 
@@ -133,44 +133,8 @@ def _train_student(
 # -- measuring a derived model against its source -------------------------------------------
 
 
-def _probabilities(tokenizer: Any, model: Any, examples: Examples, labels: list[str], recipe: Recipe) -> tuple[np.ndarray, np.ndarray, float]:
-    """(class probabilities, true label ids, mean loss) of ``model`` on ``examples``."""
-    chunks = row_chunks(examples.texts, label_array(examples.labels, labels), recipe.training.eval_batch_size)
-    probabilities, truth, loss_sum = evaluate(model, evaluation_batches(chunks, tokenizer, recipe.training.max_length))
-    return probabilities, truth, round(loss_sum / len(examples), 5)
-
-
-def _metrics_at(probabilities: np.ndarray, truth: np.ndarray, labels: list[str], evaluation: Any) -> tuple[dict[str, Any], np.ndarray]:
-    """Validation metrics under ``evaluation``'s out-of-scope rule, and the predicted label ids."""
-    oos_index = labels.index(evaluation.oos_label) if evaluation.oos_label in labels else None
-    predicted = predictions(probabilities, oos_index, evaluation.probability_threshold())
-    return classification_metrics(confusion_matrix(truth, predicted, len(labels)), labels, oos_index), predicted
-
-
-def _measure(tokenizer: Any, model: Any, examples: Examples, labels: list[str], recipe: Recipe) -> tuple[dict[str, Any], np.ndarray]:
-    """finetune's validation metrics for ``model``, and its predicted label ids."""
-    probabilities, truth, val_loss = _probabilities(tokenizer, model, examples, labels, recipe)
-    metrics, predicted = _metrics_at(probabilities, truth, labels, recipe.evaluation)
-    return metrics | {"val_loss": val_loss}, predicted
-
-
 def _latency(tokenizer: Any, model: Any, texts: list[str], repeats: int, max_length: int) -> dict[str, float]:
     return {f"batch_{size}": measure_latency(tokenizer, model, texts, size, repeats, max_length=max_length) for size in LATENCY_BATCHES}
-
-
-def _compare(
-    tokenizer: Any, models: dict[str, Any], examples: Examples, labels: list[str], recipe: Recipe, repeats: int
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics of the derived model (the second of ``models``) and what to record next to them:
-    p50 latency of both, speedup, and how often the two agree on a validation label."""
-    (source_name, source), (derived_name, derived) = models.items()
-    _, source_predicted = _measure(tokenizer, source, examples, labels, recipe)
-    metrics, predicted = _measure(tokenizer, derived, examples, labels, recipe)
-    max_length = recipe.training.max_length
-    latency = {name: _latency(tokenizer, model, examples.texts, repeats, max_length) for name, model in models.items()}
-    speedup = {batch: round(latency[source_name][batch] / latency[derived_name][batch], 2) for batch in latency[source_name]}
-    agreement = round(float(np.mean(source_predicted == predicted)), 4)
-    return metrics, {"latency_ms": latency, "speedup": speedup, "agreement": agreement}
 
 
 def _size_mb(directory: Path) -> float:
@@ -211,7 +175,8 @@ def quantize(
     registry: ModelRegistry, ref: str, recipe: Recipe | None = None, *, repeats: int = DEFAULT_REPEATS, echo: Echo = print
 ) -> Manifest:
     """Register a dynamic-int8 copy of ``ref`` as the next version of the same model, measured on
-    the validation data of ``recipe`` (default: the recipe the source was trained with)."""
+    the validation data of ``recipe`` (default: the recipe the source was trained with) under the
+    source's out-of-scope rule, side by side with the source."""
     source = _float_source(registry, ref)
     source_id = f"{source.name}:{source.version}"
     recipe = recipe or _recipe_of(source)
@@ -219,21 +184,50 @@ def quantize(
     _check_labels(validation.labels, source.labels, source_id)
     source_dir = registry.fetch(source_id)
     tokenizer, model, labels = load_classifier(source_dir)
-    quantized = quantize_linear(model)
-    metrics, comparison = _compare(tokenizer, {"float32": model, "int8": quantized}, validation, labels, recipe, repeats)
     with tempfile.TemporaryDirectory() as directory:
-        save_quantized(tokenizer, quantized, Path(directory))
+        int8_dir = Path(directory)
+        save_quantized(tokenizer, quantize_linear(model), int8_dir)
+        if (source_dir / REFERENCE_FILE).is_file():  # a distance rule's training statistics go with the weights
+            shutil.copy2(source_dir / REFERENCE_FILE, int8_dir / REFERENCE_FILE)
+        measured = {name: _measure_saved(path, validation, labels, recipe) for name, path in (("float32", source_dir), ("int8", int8_dir))}
+        metrics, comparison = _side_by_side(measured, validation.texts, recipe.training.max_length, repeats)
         extra = {
             "optimization": INT8, "source": source_id, **comparison,
-            "size_mb": {"float32": _size_mb(source_dir), "int8": _size_mb(Path(directory))},
+            "size_mb": {"float32": _size_mb(source_dir), "int8": _size_mb(int8_dir)},
         }
         manifest = registry.register(
-            source.name, directory, task=source.task, base_model=f"{REF_SCHEME}{source_id}", labels=labels,
+            source.name, int8_dir, task=source.task, base_model=f"{REF_SCHEME}{source_id}", labels=labels,
             metrics=metrics, dataset=source.dataset, recipe=recipe.model_dump(mode="json"),
             parent_version=source.version, extra=extra,
         )
-    echo(_summary(manifest, source.metrics))
+    echo(_summary(manifest, measured["float32"][0]))
     return manifest
+
+
+def _measure_saved(directory: Path, examples: Examples, labels: list[str], recipe: Recipe) -> tuple[dict[str, Any], np.ndarray, TextClassifier]:
+    """(metrics, predicted label ids, the loaded classifier) of a saved model, as it is served:
+    the recipe's truncation and out-of-scope rule."""
+    rule = OutOfScopeRule.from_evaluation(recipe.evaluation.model_dump(), labels)
+    classifier = TextClassifier(directory, recipe.training.max_length, rule)
+    outputs = classifier.run(examples.texts)
+    predicted = classifier.label_ids(outputs)
+    truth = label_array(examples.labels, labels)
+    oos_index = labels.index(recipe.evaluation.oos_label) if recipe.evaluation.oos_label in labels else None
+    metrics = classification_metrics(confusion_matrix(truth, predicted, len(labels)), labels, oos_index)
+    return metrics | {"val_loss": _loss(outputs.logits, truth)}, predicted, classifier
+
+
+def _side_by_side(measured: dict[str, tuple], texts: list[str], max_length: int, repeats: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The derived model's metrics (the second of ``measured``), and p50 latency of both, the
+    speedup and how often the two agree, to record beside them."""
+    (source_name, (_, source_predicted, source)), (derived_name, (metrics, predicted, derived)) = measured.items()
+    latency = {
+        name: _latency(classifier.tokenizer, classifier.model, texts, repeats, max_length)
+        for name, classifier in ((source_name, source), (derived_name, derived))
+    }
+    speedup = {batch: round(latency[source_name][batch] / latency[derived_name][batch], 2) for batch in latency[source_name]}
+    agreement = round(float(np.mean(source_predicted == predicted)), 4)
+    return metrics, {"latency_ms": latency, "speedup": speedup, "agreement": agreement}
 
 
 def distill(
@@ -256,10 +250,11 @@ def distill(
     started = time.perf_counter()
     train_loss = _train_student(student, teacher, tokenizer, data.train, labels, recipe.training, epochs, temperature, alpha, echo)
     train_wall_s = round(time.perf_counter() - started, 1)
-    metrics, comparison = _compare(tokenizer, {"teacher": teacher, "student": student}, data.validation, labels, recipe, repeats)
     with tempfile.TemporaryDirectory() as directory:
         student.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
+        measured = {name: _measure_saved(Path(path), data.validation, labels, recipe) for name, path in (("teacher", teacher_dir), ("student", directory))}
+        metrics, comparison = _side_by_side(measured, data.validation.texts, recipe.training.max_length, repeats)
         extra = {
             "optimization": DISTILLED, "layers": layers, "teacher": teacher_id, "temperature": temperature, "alpha": alpha,
             "epochs": epochs, "train_loss": round(train_loss, 5), "train_wall_s": train_wall_s, **comparison,
@@ -271,7 +266,7 @@ def distill(
             # The registry only links versions of one model; a differently named student keeps extra.teacher.
             parent_version=teacher_manifest.version if recipe.name == teacher_manifest.name else None, extra=extra,
         )
-    echo(_summary(manifest, teacher_manifest.metrics))
+    echo(_summary(manifest, measured["teacher"][0]))
     return manifest
 
 

@@ -331,6 +331,12 @@ def test_served_model_applies_a_distance_rule_with_its_shipped_reference(registr
     assert label_ids.tolist() == expected.tolist()
     assert (scores < threshold).sum() == len(texts) // 2
 
+    # Its int8 version keeps the reference and the rule, and is measured under them.
+    int8 = quantize(registry, "tiny:v2", served_recipe, repeats=1, echo=quiet)
+    assert REFERENCE_FILE in int8.files and OutOfScopeRule.of(int8) == served.out_of_scope
+    _, int8_ids, _ = open_classifier(f"registry://tiny:{int8.version}", recipe.storage).classify(texts)
+    assert np.mean(int8_ids == label_ids) >= 0.75
+
 
 def test_int8_is_known_by_its_files_after_calibration(registry, recipe, known_curve):
     quantize(registry, "tiny:v1", repeats=1, echo=quiet)
