@@ -223,6 +223,7 @@ def train_loop_per_worker(config: dict) -> None:
             "samples_per_s": round(samples_per_s * world, 1),
             # Rows trained on this epoch, all workers together: each read only its shard.
             "train_rows": int(seen),
+            "validation_rows": config["validation_rows"],
             **classification_metrics(confusion, labels, oos_index),
         }
         score = metrics[recipe.evaluation.metric]
@@ -438,7 +439,10 @@ def register_result(recipe: Recipe, data: PreparedData, storage: Storage, checkp
         )
 
 
-METRIC_KEYS = ("epoch", "accuracy", "macro_f1", "per_class_f1", "in_scope_accuracy", "oos_recall", "val_loss", "train_loss", "samples_per_s", "train_rows")
+METRIC_KEYS = (
+    "epoch", "accuracy", "macro_f1", "per_class_f1", "in_scope_accuracy", "oos_recall", "val_loss", "train_loss", "samples_per_s",
+    "train_rows", "validation_rows",
+)
 
 
 def finetune(recipe: Recipe, *, storage_uri: str | None = None, fresh: bool = False, echo: Callable[[str], None] = print) -> Manifest:
