@@ -388,3 +388,15 @@ def test_halves_split_every_label_evenly_and_by_seed():
         assert abs(2 * int(half[truth == label].sum()) - rows) <= 1
     assert np.array_equal(half, optimize._halves(truth, 3))
     assert any(not np.array_equal(half, optimize._halves(truth, seed)) for seed in range(4, 10))
+
+
+def test_calibration_floor_takes_exactly_one_option(registry, recipe, capsys):
+    assert optimize.calibration_floor(0.96, None) == ("in_scope_accuracy", 0.96)
+    assert optimize.calibration_floor(None, 0.8) == ("oos_recall", 0.8)
+    for both_or_neither in ((0.96, 0.8), (None, None)):
+        with pytest.raises(ConfigError, match="exactly one of --min-in-scope-accuracy and --min-oos-recall"):
+            optimize.calibration_floor(*both_or_neither)
+    # argparse refuses both at once before anything runs.
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--model", "tiny:v1", "--min-oos-recall", "0.8", "--min-in-scope-accuracy", "0.9", "--storage", recipe.storage])
+    assert "not allowed with argument" in capsys.readouterr().err
