@@ -64,6 +64,7 @@ def search(recipe: Recipe, *, storage_uri: str | None = None, echo: Callable[[st
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
 
     if recipe.search is None:
         raise ConfigError("the recipe has no `search` section: add search.space (and num_samples) to tune it")
@@ -91,6 +92,8 @@ def search(recipe: Recipe, *, storage_uri: str | None = None, echo: Callable[[st
         tune_config=tune.TuneConfig(
             metric=recipe.evaluation.metric, mode="max", num_samples=recipe.search.num_samples,
             scheduler=scheduler, max_concurrent_trials=parallel,
+            # Seeded, so a rerun of the recipe samples the same trials.
+            search_alg=BasicVariantGenerator(random_state=recipe.training.seed),
         ),
         run_config=tune.RunConfig(name=run, storage_path=storage.url("tune")),
     )
