@@ -91,9 +91,10 @@ def search(recipe: Recipe, *, storage_uri: str | None = None, echo: Callable[[st
         param_space={"train_loop_config": {name: sampler(dim) for name, dim in recipe.search.space.items()}},
         tune_config=tune.TuneConfig(
             metric=recipe.evaluation.metric, mode="max", num_samples=recipe.search.num_samples,
-            scheduler=scheduler, max_concurrent_trials=parallel,
-            # Seeded, so a rerun of the recipe samples the same trials.
-            search_alg=BasicVariantGenerator(random_state=recipe.training.seed),
+            scheduler=scheduler,
+            # Seeded, so a rerun of the recipe samples the same trials; Tune ignores
+            # max_concurrent_trials beside a generator, so the generator limits concurrency.
+            search_alg=BasicVariantGenerator(random_state=recipe.training.seed, max_concurrent=parallel),
         ),
         run_config=tune.RunConfig(name=run, storage_path=storage.url("tune")),
     )
