@@ -30,6 +30,13 @@ class Reference:
     neighbours: np.ndarray
     k: int = DEFAULT_NEIGHBOURS
 
+    def __post_init__(self) -> None:
+        # Per-request work is one matrix product per score: what does not depend on the input
+        # (float32 neighbours, each mean's own term m'Pm) is computed once, here.
+        object.__setattr__(self, "_neighbours32", np.asarray(self.neighbours, dtype=np.float32))
+        own = np.einsum("cd,dk,ck->c", self.means, self.precision, self.means)
+        object.__setattr__(self, "_mean_terms", own.astype(np.float32))
+
     @classmethod
     def fit(cls, pooled: np.ndarray, label_ids: np.ndarray, oos_index: int | None, k: int = DEFAULT_NEIGHBOURS) -> Reference:
         """From the training rows' pooled outputs; rows labelled out-of-scope are left out, so the
@@ -78,7 +85,7 @@ def in_scope_scores(score: str, logits: np.ndarray, pooled: np.ndarray | None, r
         raise BatonError(f"the {score} score needs the pooled output and the training reference")
     if score == "mahalanobis":
         return -_mahalanobis(pooled.astype(np.float32), reference).min(axis=1)
-    similarity = _unit(pooled.astype(np.float32)) @ reference.neighbours.astype(np.float32).T
+    similarity = _unit(pooled.astype(np.float32)) @ reference._neighbours32.T
     # The k-th nearest rather than the nearest (Sun et al., 2022): one stray training row near an
     # out-of-scope input does not make it look in scope.
     return -np.partition(-similarity, reference.k - 1, axis=1)[:, reference.k - 1]
@@ -95,8 +102,7 @@ def _mahalanobis(pooled: np.ndarray, reference: Reference) -> np.ndarray:
     """(n, classes) squared distances (x - m)' P (x - m), expanded so no (n, classes, d) array is built."""
     projected = pooled @ reference.precision
     own = np.einsum("nd,nd->n", projected, pooled)[:, None]
-    means = reference.means
-    return own - 2 * projected @ means.T + np.einsum("cd,dk,ck->c", means, reference.precision, means)[None, :]
+    return own - 2 * projected @ reference.means.T + reference._mean_terms[None, :]
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

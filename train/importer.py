@@ -16,7 +16,7 @@ from actors.drift import PROFILE_KEY
 from cluster.errors import BatonError, ConfigError
 from cluster.registry import Manifest, ModelRegistry
 from train.data import DataSpec, PreparedData, read_examples
-from train.metrics import classification_metrics, confusion_matrix
+from train.metrics import classification_metrics, confusion_matrix, mean_cross_entropy
 from train.profile import profile_classifier
 
 # The Hugging Face pipeline name a user knows -> the task the registry records.
@@ -50,7 +50,7 @@ def import_checkpoint(
     predicted = outputs.probabilities.argmax(axis=1)
     oos_index = labels.index(oos_label) if oos_label else None
     metrics = classification_metrics(confusion_matrix(truth, predicted, len(labels)), labels, oos_index)
-    metrics["val_loss"] = round(float(-np.log(np.clip(outputs.probabilities[np.arange(len(truth)), truth], 1e-12, None)).mean()), 5)
+    metrics["val_loss"] = mean_cross_entropy(outputs.logits, truth)
     prepared = PreparedData(
         spec=evaluation, train=examples, validation=examples, labels=labels, fingerprint=digest, file_sha256={evaluation.train: digest}
     )

@@ -36,6 +36,13 @@ def classification_metrics(confusion: np.ndarray, names: list[str], oos_index: i
     return metrics
 
 
+def mean_cross_entropy(logits: np.ndarray, truth: np.ndarray) -> float:
+    """Mean cross-entropy of the true labels under ``logits`` (log-softmax, numerically stable)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return round(float(-log_probabilities[np.arange(len(truth)), truth].mean()), 5)
+
+
 KEPT_METRIC = {"in_scope_accuracy": "oos_recall", "oos_recall": "in_scope_accuracy"}
 
 

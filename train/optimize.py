@@ -27,7 +27,7 @@ from cluster.registry import REF_SCHEME, Manifest, ModelRegistry
 from cluster.storage import Storage
 from train.data import DataError, Examples, PreparedData, load_dataset
 from train.finetune import chunk_rows, label_array, row_chunks, seed_everything, steps_per_epoch, training_batches
-from train.metrics import KEPT_METRIC, choose_oos_threshold, classification_metrics, confusion_matrix, oos_tradeoff
+from train.metrics import KEPT_METRIC, choose_oos_threshold, classification_metrics, confusion_matrix, mean_cross_entropy, oos_tradeoff
 from train.recipe import Recipe, TrainingSettings, load_recipe
 
 DISTILLED = "distilled"
@@ -214,7 +214,7 @@ def _measure_saved(directory: Path, examples: Examples, labels: list[str], recip
     truth = label_array(examples.labels, labels)
     oos_index = labels.index(recipe.evaluation.oos_label) if recipe.evaluation.oos_label in labels else None
     metrics = classification_metrics(confusion_matrix(truth, predicted, len(labels)), labels, oos_index)
-    return metrics | {"val_loss": _loss(outputs.logits, truth)}, predicted, classifier
+    return metrics | {"val_loss": mean_cross_entropy(outputs.logits, truth)}, predicted, classifier
 
 
 def _side_by_side(measured: dict[str, tuple], texts: list[str], max_length: int, repeats: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -327,7 +327,7 @@ def calibrate(
     in_sample = classification_metrics(confusion_matrix(truth, final, len(labels)), labels, oos_index)
     metrics = in_sample | {
         metric: cross_fit[metric] for metric in ("in_scope_accuracy", "oos_recall", "in_scope_accuracy_std", "oos_recall_std")
-    } | {"val_loss": _loss(outputs.logits, truth)}
+    } | {"val_loss": mean_cross_entropy(outputs.logits, truth)}
     extra = {
         "optimization": CALIBRATED, "source": source_id, "floor": {floor_metric: floor}, "oos_score": best,
         "oos_threshold": threshold, "cross_fit": cross_fit,
@@ -350,12 +350,6 @@ def calibrate(
 
 
 CROSS_FIT_SUMMARY = ("in_scope_accuracy", "in_scope_accuracy_std", "oos_recall", "oos_recall_std")
-
-
-def _loss(logits: np.ndarray, truth: np.ndarray) -> float:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return round(float(-log_probabilities[np.arange(len(truth)), truth].mean()), 5)
 
 
 def _halves(truth: np.ndarray, seed: int) -> np.ndarray:
