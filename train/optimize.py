@@ -20,14 +20,18 @@ from typing import Any
 import numpy as np
 
 from actors.classifier_io import INT8, MARKER, OutOfScopeRule, TextClassifier, load_classifier, quantize_linear, save_quantized
+from actors.drift import PROFILE_KEY
 from actors.out_of_scope import NEEDS_REFERENCE, REFERENCE_FILE, SCORES, apply_threshold, in_scope_scores
 from cluster.config import parse_config
 from cluster.errors import BatonError, ConfigError, exit_code
 from cluster.registry import REF_SCHEME, Manifest, ModelRegistry
 from cluster.storage import Storage
 from train.data import DataError, Examples, PreparedData, load_dataset
-from train.finetune import chunk_rows, label_array, row_chunks, seed_everything, steps_per_epoch, training_batches
+from train.finetune import (
+    PACKAGED_BASE, build_model, chunk_rows, label_array, resolve_base_model, row_chunks, seed_everything, steps_per_epoch, training_batches,
+)
 from train.metrics import KEPT_METRIC, choose_oos_threshold, classification_metrics, confusion_matrix, mean_cross_entropy, oos_tradeoff
+from train.profile import reference_profile
 from train.recipe import Recipe, TrainingSettings, load_recipe
 
 DISTILLED = "distilled"
@@ -85,12 +89,14 @@ def make_student(teacher: Any, layers: int) -> Any:
     return student
 
 
-def distillation_loss(student_logits: Any, teacher_logits: Any, labels: Any, temperature: float = 2.0, alpha: float = 0.5) -> Any:
+def distillation_loss(
+    student_logits: Any, teacher_logits: Any, labels: Any, temperature: float = 2.0, alpha: float = 0.5, label_smoothing: float = 0.0,
+) -> Any:
     """alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher_T || student_T); the T^2 keeps the soft
     term's gradients on the scale of the hard term's as T changes (Hinton et al., 2015)."""
     import torch.nn.functional as F
 
-    hard = F.cross_entropy(student_logits, labels)
+    hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
     soft = F.kl_div(
         F.log_softmax(student_logits / temperature, dim=-1), F.log_softmax(teacher_logits / temperature, dim=-1),
         reduction="batchmean", log_target=True,
@@ -98,33 +104,39 @@ def distillation_loss(student_logits: Any, teacher_logits: Any, labels: Any, tem
     return alpha * hard + (1 - alpha) * temperature**2 * soft
 
 
+def soft_targets(teacher_dir: Path, texts: list[str], max_length: int) -> np.ndarray:
+    """The teacher's logits for every row, computed once with the teacher's own tokenizer, so a
+    student with another tokenizer (another architecture) can learn from them."""
+    return TextClassifier(teacher_dir, max_length).run(texts).logits
+
+
 def _train_student(
-    student: Any, teacher: Any, tokenizer: Any, train: Examples, labels: list[str],
+    student: Any, tokenizer: Any, train: Examples, labels: list[str], teacher_logits: np.ndarray,
     training: TrainingSettings, epochs: int, temperature: float, alpha: float, echo: Echo,
 ) -> float:
     """Plain CPU loop with finetune's optimiser and schedule; returns the last epoch's mean loss."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    label_ids = label_array(train.labels, labels)
+    label_ids = torch.from_numpy(label_array(train.labels, labels))
+    targets = torch.from_numpy(teacher_logits)
     optimizer = torch.optim.AdamW(student.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay)
     total_steps = steps_per_epoch(len(train), training.batch_size) * epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * training.warmup_ratio), total_steps)
-    teacher.eval()
     student.train()
     for epoch in range(epochs):
         loss_sum = 0.0
-        chunks = row_chunks(train.texts, label_ids, chunk_rows(training.batch_size), seed=training.seed + epoch)
+        # The batches' "labels" are row numbers, which pick each row's label and teacher logits.
+        chunks = row_chunks(train.texts, np.arange(len(train)), chunk_rows(training.batch_size), seed=training.seed + epoch)
         for batch in training_batches(chunks, tokenizer, training.batch_size, training.max_length, training.seed + epoch):
-            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-            with torch.no_grad():
-                teacher_logits = teacher(**inputs).logits
-            loss = distillation_loss(student(**inputs).logits, teacher_logits, batch["labels"], temperature, alpha)
+            rows = batch["labels"]
+            logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = distillation_loss(logits, targets[rows], label_ids[rows], temperature, alpha, training.label_smoothing)
             loss.backward()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            loss_sum += loss.item() * len(batch["labels"])
+            loss_sum += loss.item() * len(rows)
         echo(f"epoch {epoch + 1}/{epochs}: distillation loss {loss_sum / len(train):.4f}")
     student.eval()
     return loss_sum / len(train)
@@ -231,11 +243,16 @@ def _side_by_side(measured: dict[str, tuple], texts: list[str], max_length: int,
 
 
 def distill(
-    registry: ModelRegistry, teacher_ref: str, recipe: Recipe, layers: int = 3, epochs: int | None = None, *,
+    registry: ModelRegistry, teacher_ref: str, recipe: Recipe, layers: int | None = None, epochs: int | None = None, *,
     temperature: float = 2.0, alpha: float = 0.5, repeats: int = DEFAULT_REPEATS, echo: Echo = print,
 ) -> Manifest:
-    """Train a ``layers``-layer student of ``teacher_ref`` on the recipe's train split and register
-    it under the recipe's name; it is a child version of the teacher when the names match."""
+    """Train a student on ``teacher_ref``'s soft targets over the recipe's train split and register
+    it under the recipe's name (a child version of the teacher when the names match).
+
+    The student is the teacher cut to ``layers`` encoder layers, or without ``layers`` the
+    recipe's base model (by default the packaged MiniLM-L6) with a new head: a larger teacher of
+    another architecture, with its own tokenizer, can teach it.
+    """
     if temperature <= 0 or not 0 <= alpha <= 1 or (epochs is not None and epochs < 1):
         raise ConfigError(f"need temperature > 0, 0 <= alpha <= 1 and epochs >= 1; got {temperature}, {alpha}, {epochs}")
     teacher_manifest = _float_source(registry, teacher_ref)
@@ -243,22 +260,34 @@ def distill(
     data = _load_data(recipe, f"distill {teacher_id}")
     _check_labels(data.train.labels + data.validation.labels, teacher_manifest.labels, teacher_id)
     teacher_dir = registry.fetch(teacher_id)
-    tokenizer, teacher, labels = load_classifier(teacher_dir)
-    student = make_student(teacher, layers)
-    epochs = epochs or recipe.training.epochs
+    labels = teacher_manifest.labels
     seed_everything(recipe.training.seed)
+    if layers is None:
+        tokenizer, student = build_model(resolve_base_model(recipe.base_model, registry.storage.uri), labels)
+    else:
+        tokenizer, teacher, _ = load_classifier(teacher_dir)
+        student = make_student(teacher, layers)
+    epochs = epochs or recipe.training.epochs
     started = time.perf_counter()
-    train_loss = _train_student(student, teacher, tokenizer, data.train, labels, recipe.training, epochs, temperature, alpha, echo)
+    echo(f"soft targets: {teacher_id} on {len(data.train)} training rows")
+    teacher_logits = soft_targets(teacher_dir, data.train.texts, recipe.training.max_length)
+    train_loss = _train_student(student, tokenizer, data.train, labels, teacher_logits, recipe.training, epochs, temperature, alpha, echo)
     train_wall_s = round(time.perf_counter() - started, 1)
     with tempfile.TemporaryDirectory() as directory:
         student.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
+        if recipe.evaluation.oos_score in NEEDS_REFERENCE:
+            classifier = TextClassifier(directory, recipe.training.max_length)
+            classifier.fit_reference(data.train.texts, data.train.labels, recipe.evaluation.oos_label).save(Path(directory) / REFERENCE_FILE)
         measured = {name: _measure_saved(Path(path), data.validation, labels, recipe) for name, path in (("teacher", teacher_dir), ("student", directory))}
         metrics, comparison = _side_by_side(measured, data.validation.texts, recipe.training.max_length, repeats)
         extra = {
-            "optimization": DISTILLED, "layers": layers, "teacher": teacher_id, "temperature": temperature, "alpha": alpha,
+            "optimization": DISTILLED, "student": f"{layers} teacher layers" if layers else (recipe.base_model or PACKAGED_BASE),
+            "layers": student.config.num_hidden_layers, "teacher": teacher_id, "temperature": temperature, "alpha": alpha,
             "epochs": epochs, "train_loss": round(train_loss, 5), "train_wall_s": train_wall_s, **comparison,
             "size_mb": {"teacher": _size_mb(teacher_dir), "student": _size_mb(Path(directory))},
+            "parameters_m": round(sum(p.numel() for p in student.parameters()) / 1e6, 1),
+            PROFILE_KEY: reference_profile(directory, recipe, data).model_dump(mode="json"),
         }
         manifest = registry.register(
             recipe.name, directory, task=recipe.task, base_model=f"{REF_SCHEME}{teacher_id}", labels=labels,
@@ -444,10 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     quantize_cmd = commands.add_parser("quantize", help="register a dynamic-int8 version of a model")
     quantize_cmd.add_argument("--model", required=True, help="registry://NAME@ALIAS or NAME:VERSION")
     quantize_cmd.add_argument("--config", help="recipe whose validation data to measure on (default: the model's own)")
-    distill_cmd = commands.add_parser("distill", help="train and register a student with fewer layers")
+    distill_cmd = commands.add_parser("distill", help="train and register a smaller student on a teacher's soft targets")
     distill_cmd.add_argument("--teacher", required=True, help="registry://NAME@ALIAS or NAME:VERSION")
     distill_cmd.add_argument("--config", required=True, help="training recipe (configs/train/*.yaml)")
-    distill_cmd.add_argument("--layers", type=int, default=3, help="encoder layers of the student (default 3)")
+    distill_cmd.add_argument(
+        "--layers", type=int, help="student = the teacher cut to this many encoder layers (default: the recipe's base model, new head)"
+    )
     distill_cmd.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
     distill_cmd.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the soft targets")
     distill_cmd.add_argument("--alpha", type=float, default=0.5, help="weight of the hard-label loss (1 - alpha: soft)")

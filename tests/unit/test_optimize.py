@@ -146,6 +146,57 @@ def test_distill_registers_a_smaller_student(registry, recipe):
     assert labels == LABELS and model.config.num_hidden_layers == 2 and len(model.bert.encoder.layer) == 2
 
 
+def build_small_base(directory: Path) -> Path:
+    """A base checkpoint unlike the teacher (2 layers, 16 wide, no classifier head), to show that
+    a student of another shape learns from the teacher's logits alone."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from actors.embedding import default_embedding_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(default_embedding_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+    )
+    torch.manual_seed(1)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_distill_into_the_recipes_base_model(registry, recipe, tmp_path):
+    base = build_small_base(tmp_path / "base")
+    student_recipe = recipe.model_copy(update={"base_model": str(base)})
+
+    manifest = distill(registry, "tiny:v1", student_recipe, epochs=1, repeats=1, echo=quiet)
+
+    extra = manifest.extra
+    assert (manifest.version, manifest.parent_version, manifest.base_model) == ("v2", "v1", "registry://tiny:v1")
+    assert extra["student"] == str(base) and extra["layers"] == 2 and extra["teacher"] == "tiny:v1"
+    assert extra["parameters_m"] < 1.0 and "profile" in extra
+    _, model, labels = load_classifier(registry.fetch("tiny:v2"))
+    assert labels == LABELS and (model.config.hidden_size, model.config.num_hidden_layers) == (16, 2)
+
+
+def test_student_learns_each_rows_soft_target_not_its_label(tmp_path):
+    """A teacher that contradicts every label, with no weight on the labels: a student that ends
+    up agreeing with the teacher row by row got each row's own logits."""
+    from transformers import AutoTokenizer
+
+    texts = POSITIVE + NEGATIVE
+    labels = ["POSITIVE"] * len(POSITIVE) + ["NEGATIVE"] * len(NEGATIVE)
+    contrary = np.array([[4.0, -4.0]] * len(POSITIVE) + [[-4.0, 4.0]] * len(NEGATIVE), dtype=np.float32)
+    tokenizer, student = optimize.build_model(str(build_small_base(tmp_path / "base")), LABELS)
+    training = Recipe.model_validate({"name": "t", "data": {"train": "x.jsonl"}}).training.model_copy(
+        update={"batch_size": 4, "learning_rate": 3e-3, "warmup_ratio": 0.0, "max_length": 16}
+    )
+
+    optimize._train_student(student, tokenizer, Examples(texts, labels), LABELS, contrary, training, 25, 1.0, 0.0, quiet)
+
+    with torch.inference_mode():
+        predicted = student(**AutoTokenizer.from_pretrained(tmp_path / "base")(texts, padding=True, return_tensors="pt")).logits.argmax(-1)
+    assert [LABELS[i] for i in predicted.tolist()] == ["NEGATIVE"] * len(POSITIVE) + ["POSITIVE"] * len(NEGATIVE)
+
+
 def test_student_starts_from_the_teacher_layers(registry):
     _, teacher, _ = load_classifier(registry.fetch("tiny:v1"))
     student = make_student(teacher, 2)
@@ -163,6 +214,8 @@ def test_distillation_loss_mixes_hard_and_soft_targets():
 
     hard = torch.nn.functional.cross_entropy(student, labels)
     assert torch.isclose(distillation_loss(student, teacher, labels, alpha=1.0), hard)
+    smoothed = torch.nn.functional.cross_entropy(student, labels, label_smoothing=0.1)
+    assert torch.isclose(distillation_loss(student, teacher, labels, alpha=1.0, label_smoothing=0.1), smoothed) and smoothed != hard
     assert distillation_loss(teacher, teacher, labels, alpha=0.0).abs() < 1e-6
     assert distillation_loss(student, teacher, labels, alpha=0.0) > 0
 
