@@ -8,6 +8,7 @@ checkpointing every epoch to the storage URI, and register the best epoch in the
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import itertools
 import json
@@ -210,7 +211,8 @@ def train_loop_per_worker(config: dict) -> None:
         )
         batches = itertools.islice(training_batches(chunks, tokenizer, training.batch_size, training.max_length, training.seed + epoch, device), steps)
         train_loss, samples_per_s, seen = run_epoch(
-            model, batches, steps, optimizer, scheduler, epoch, training.epochs, rank, training.label_smoothing
+            model, batches, steps, optimizer, scheduler, epoch, training.epochs, rank,
+            functools.partial(torch.nn.functional.cross_entropy, label_smoothing=training.label_smoothing),
         )
         # Every worker reads all of validation and scores every world-th batch of it.
         mine = (rows for index, rows in enumerate(validation.iter_batches(batch_size=training.eval_batch_size, batch_format="numpy")) if index % world == rank)
@@ -244,17 +246,18 @@ def unwrap(model):
 
 
 def run_epoch(
-    model, batches, steps: int, optimizer, scheduler, epoch: int, epochs: int, rank: int, label_smoothing: float = 0.0
+    model, batches, steps: int, optimizer, scheduler, epoch: int, epochs: int, rank: int, loss_of: Callable[[Any, Any], Any] | None = None
 ) -> tuple[float, float, int]:
     """One pass over ``steps`` batches: (mean loss, samples/s, samples); rank 0 prints a progress
-    bar line every ~10% of the epoch."""
+    bar line every ~10% of the epoch. ``loss_of(logits, batch labels)`` defaults to cross-entropy."""
     import torch.nn.functional as F
 
+    loss_of = loss_of or F.cross_entropy
     started, seen, loss_sum = time.perf_counter(), 0, 0.0
     next_mark = 0.1
     for step, batch in enumerate(batches, 1):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = F.cross_entropy(logits, batch["labels"], label_smoothing=label_smoothing)
+        loss = loss_of(logits, batch["labels"])
         loss.backward()
         optimizer.step()
         scheduler.step()

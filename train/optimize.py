@@ -28,7 +28,7 @@ from cluster.registry import REF_SCHEME, Manifest, ModelRegistry
 from cluster.storage import Storage
 from train.data import DataError, Examples, PreparedData, load_dataset
 from train.finetune import (
-    PACKAGED_BASE, build_model, chunk_rows, label_array, resolve_base_model, row_chunks, seed_everything, steps_per_epoch, training_batches,
+    PACKAGED_BASE, build_model, chunk_rows, label_array, resolve_base_model, row_chunks, run_epoch, seed_everything, steps_per_epoch, training_batches,
 )
 from train.metrics import KEPT_METRIC, choose_oos_threshold, classification_metrics, confusion_matrix, mean_cross_entropy, oos_tradeoff
 from train.profile import reference_profile
@@ -112,34 +112,30 @@ def soft_targets(teacher_dir: Path, texts: list[str], max_length: int) -> np.nda
 
 def _train_student(
     student: Any, tokenizer: Any, train: Examples, labels: list[str], teacher_logits: np.ndarray,
-    training: TrainingSettings, epochs: int, temperature: float, alpha: float, echo: Echo,
+    training: TrainingSettings, epochs: int, temperature: float, alpha: float,
 ) -> float:
-    """Plain CPU loop with finetune's optimiser and schedule; returns the last epoch's mean loss."""
+    """Plain CPU loop with finetune's optimiser, schedule and progress lines; returns the last
+    epoch's mean loss."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
     label_ids = torch.from_numpy(label_array(train.labels, labels))
     targets = torch.from_numpy(teacher_logits)
+
+    def loss_of(logits: Any, rows: Any) -> Any:
+        # The batches' "labels" are row numbers, which pick each row's label and teacher logits.
+        return distillation_loss(logits, targets[rows], label_ids[rows], temperature, alpha, training.label_smoothing)
+
     optimizer = torch.optim.AdamW(student.parameters(), lr=training.learning_rate, weight_decay=training.weight_decay)
-    total_steps = steps_per_epoch(len(train), training.batch_size) * epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * training.warmup_ratio), total_steps)
+    steps = steps_per_epoch(len(train), training.batch_size)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(steps * epochs * training.warmup_ratio), steps * epochs)
     student.train()
     for epoch in range(epochs):
-        loss_sum = 0.0
-        # The batches' "labels" are row numbers, which pick each row's label and teacher logits.
         chunks = row_chunks(train.texts, np.arange(len(train)), chunk_rows(training.batch_size), seed=training.seed + epoch)
-        for batch in training_batches(chunks, tokenizer, training.batch_size, training.max_length, training.seed + epoch):
-            rows = batch["labels"]
-            logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = distillation_loss(logits, targets[rows], label_ids[rows], temperature, alpha, training.label_smoothing)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            loss_sum += loss.item() * len(rows)
-        echo(f"epoch {epoch + 1}/{epochs}: distillation loss {loss_sum / len(train):.4f}")
+        batches = training_batches(chunks, tokenizer, training.batch_size, training.max_length, training.seed + epoch)
+        loss, _, _ = run_epoch(student, batches, steps, optimizer, scheduler, epoch, epochs, 0, loss_of)
     student.eval()
-    return loss_sum / len(train)
+    return loss
 
 
 # -- measuring a derived model against its source -------------------------------------------
@@ -271,7 +267,7 @@ def distill(
     started = time.perf_counter()
     echo(f"soft targets: {teacher_id} on {len(data.train)} training rows")
     teacher_logits = soft_targets(teacher_dir, data.train.texts, recipe.training.max_length)
-    train_loss = _train_student(student, tokenizer, data.train, labels, teacher_logits, recipe.training, epochs, temperature, alpha, echo)
+    train_loss = _train_student(student, tokenizer, data.train, labels, teacher_logits, recipe.training, epochs, temperature, alpha)
     train_wall_s = round(time.perf_counter() - started, 1)
     with tempfile.TemporaryDirectory() as directory:
         student.save_pretrained(directory)

@@ -4,6 +4,7 @@ similar lengths per batch, and a loop config that stays small however large the 
 from __future__ import annotations
 
 import pickle
+from functools import partial
 
 import numpy as np
 import pytest
@@ -73,6 +74,24 @@ def test_loop_config_carries_counts_not_examples():
     assert label_array(names[:4], data.labels).tolist() == [0, 1, 0, 1]
 
 
+def test_loop_config_hands_workers_an_absolute_base_model_path(tmp_path, monkeypatch):
+    """Ray Train workers do not start in the driver's directory: a recipe's relative base model
+    path reaches them absolute, and a registry reference is left for them to fetch."""
+    (tmp_path / "models" / "teacher").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    data = PreparedData(
+        spec=DataSpec(train="unused.jsonl"), train=Examples(["a"], ["x"]), validation=Examples(["b"], ["x"]),
+        labels=["x"], fingerprint="0" * 64, file_sha256={"unused.jsonl": "0" * 64},
+    )
+
+    def handed(base_model: str) -> str:
+        recipe = Recipe.model_validate({"name": "r", "base_model": base_model, "data": {"train": "unused.jsonl"}})
+        return loop_config(recipe, data, "/tmp/storage")["recipe"]["base_model"]
+
+    assert handed("models/teacher") == str(tmp_path / "models" / "teacher")
+    assert handed("registry://teacher@champion") == "registry://teacher@champion"
+
+
 def test_label_smoothing_changes_the_loss_the_epoch_trains_on(tmp_path):
     """run_epoch's loss is the model's own cross-entropy without smoothing, and the smoothed
     cross-entropy with it (on the tiny classifier double; a zero learning rate keeps it unchanged)."""
@@ -90,7 +109,10 @@ def test_label_smoothing_changes_the_loss_the_epoch_trains_on(tmp_path):
     model.train(False)  # no dropout: the two passes see the same logits
     with torch.no_grad():
         plain = model(**batch).loss.item()
-    losses = {ls: run_epoch(model, [batch], 1, optimizer, scheduler, 0, 1, rank=1, label_smoothing=ls)[0] for ls in (0.0, 0.2)}
+    losses = {
+        ls: run_epoch(model, [batch], 1, optimizer, scheduler, 0, 1, rank=1, loss_of=partial(torch.nn.functional.cross_entropy, label_smoothing=ls))[0]
+        for ls in (0.0, 0.2)
+    }
     assert losses[0.0] == pytest.approx(plain, rel=1e-5)
     # A confident, right model pays for smoothing: part of each target sits on the wrong label.
     assert losses[0.2] > losses[0.0] + 0.05

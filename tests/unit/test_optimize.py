@@ -190,7 +190,7 @@ def test_student_learns_each_rows_soft_target_not_its_label(tmp_path):
         update={"batch_size": 4, "learning_rate": 3e-3, "warmup_ratio": 0.0, "max_length": 16}
     )
 
-    optimize._train_student(student, tokenizer, Examples(texts, labels), LABELS, contrary, training, 25, 1.0, 0.0, quiet)
+    optimize._train_student(student, tokenizer, Examples(texts, labels), LABELS, contrary, training, 25, 1.0, 0.0)
 
     with torch.inference_mode():
         predicted = student(**AutoTokenizer.from_pretrained(tmp_path / "base")(texts, padding=True, return_tensors="pt")).logits.argmax(-1)
