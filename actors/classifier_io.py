@@ -165,14 +165,14 @@ class TextClassifier:
             pooled_output = mean_pool(output.hidden_states[-1], batch["attention_mask"]).float().numpy() if pooled else None
             return Outputs(logits.numpy(), torch.softmax(logits, dim=-1).numpy(), pooled_output)
 
-    def run(self, texts: list[str], batch_size: int = 256) -> Outputs:
-        """:meth:`forward` with pooled outputs over many texts, in length-sorted batches (less padding)."""
+    def run(self, texts: list[str], batch_size: int = 256, pooled: bool = True) -> Outputs:
+        """:meth:`forward` over many texts, in length-sorted batches (less padding)."""
         order = np.argsort([len(text) for text in texts], kind="stable")
         parts = [
-            self.forward([texts[i] for i in order[start : start + batch_size]], pooled=True) for start in range(0, len(texts), batch_size)
+            self.forward([texts[i] for i in order[start : start + batch_size]], pooled=pooled) for start in range(0, len(texts), batch_size)
         ]
         restore = np.argsort(order, kind="stable")
-        return Outputs(*(np.concatenate([getattr(part, field) for part in parts])[restore] for field in Outputs._fields))
+        return Outputs(*(_restore_rows([getattr(part, field) for part in parts], restore) for field in Outputs._fields))
 
     def fit_reference(self, texts: list[str], labels: list[str], oos_label: str | None) -> Reference:
         """The out-of-scope reference of this model's training rows ``texts`` / ``labels``."""
@@ -194,6 +194,11 @@ class TextClassifier:
             return predicted
         scores = in_scope_scores(rule.score, outputs.logits, outputs.pooled, self._reference, self._oos_index)
         return apply_threshold(predicted, scores, self._oos_index, rule.threshold)
+
+
+def _restore_rows(parts: list[np.ndarray | None], restore: np.ndarray) -> np.ndarray | None:
+    """Batches' outputs joined and put back in the callers' row order; None when not computed."""
+    return None if parts[0] is None else np.concatenate(parts)[restore]
 
 
 def mean_pool(hidden: Any, attention_mask: Any) -> Any:

@@ -417,6 +417,14 @@ def best_checkpoint(result, metric: str):
     return max(ranked, key=lambda pair: pair[1][metric])
 
 
+def save_out_of_scope_reference(model_dir: Path, recipe: Recipe, data: PreparedData) -> None:
+    """A recipe whose out-of-scope rule measures distances ships its training rows' statistics
+    with the model, so whoever serves the model can score against them."""
+    if recipe.evaluation.oos_score in NEEDS_REFERENCE:
+        classifier = TextClassifier(model_dir, recipe.training.max_length)
+        classifier.fit_reference(data.train.texts, data.train.labels, recipe.evaluation.oos_label).save(model_dir / REFERENCE_FILE)
+
+
 def register_result(recipe: Recipe, data: PreparedData, storage: Storage, checkpoint, metrics: dict, extra: dict | None = None) -> Manifest:
     registry = ModelRegistry(storage)
     parent = None
@@ -426,10 +434,7 @@ def register_result(recipe: Recipe, data: PreparedData, storage: Storage, checkp
     clean = {k: (json.loads(v) if k == "per_class_f1" else v) for k, v in metrics.items() if k in METRIC_KEYS}
     with checkpoint.as_directory() as directory:
         model_dir = Path(directory) / "model"
-        if recipe.evaluation.oos_score in NEEDS_REFERENCE:
-            # A recipe whose out-of-scope rule measures distances ships the training statistics with the model.
-            classifier = TextClassifier(model_dir, recipe.training.max_length)
-            classifier.fit_reference(data.train.texts, data.train.labels, recipe.evaluation.oos_label).save(model_dir / REFERENCE_FILE)
+        save_out_of_scope_reference(model_dir, recipe, data)
         # The drift reference travels with the version, so whoever serves it can be checked against it.
         profile = reference_profile(model_dir, recipe, data)
         return registry.register(

@@ -28,7 +28,8 @@ from cluster.registry import REF_SCHEME, Manifest, ModelRegistry
 from cluster.storage import Storage
 from train.data import DataError, Examples, PreparedData, load_dataset
 from train.finetune import (
-    PACKAGED_BASE, build_model, chunk_rows, label_array, resolve_base_model, row_chunks, run_epoch, seed_everything, steps_per_epoch, training_batches,
+    PACKAGED_BASE, build_model, chunk_rows, label_array, resolve_base_model, row_chunks, run_epoch, save_out_of_scope_reference, seed_everything,
+    steps_per_epoch, training_batches,
 )
 from train.metrics import KEPT_METRIC, choose_oos_threshold, classification_metrics, confusion_matrix, mean_cross_entropy, oos_tradeoff
 from train.profile import reference_profile
@@ -104,10 +105,10 @@ def distillation_loss(
     return alpha * hard + (1 - alpha) * temperature**2 * soft
 
 
-def soft_targets(teacher_dir: Path, texts: list[str], max_length: int) -> np.ndarray:
+def soft_targets(teacher: TextClassifier, texts: list[str]) -> np.ndarray:
     """The teacher's logits for every row, computed once with the teacher's own tokenizer, so a
     student with another tokenizer (another architecture) can learn from them."""
-    return TextClassifier(teacher_dir, max_length).run(texts).logits
+    return teacher.run(texts, pooled=False).logits
 
 
 def _train_student(
@@ -257,24 +258,23 @@ def distill(
     _check_labels(data.train.labels + data.validation.labels, teacher_manifest.labels, teacher_id)
     teacher_dir = registry.fetch(teacher_id)
     labels = teacher_manifest.labels
+    teacher = TextClassifier(teacher_dir, recipe.training.max_length)
     seed_everything(recipe.training.seed)
     if layers is None:
         tokenizer, student = build_model(resolve_base_model(recipe.base_model, registry.storage.uri), labels)
     else:
-        tokenizer, teacher, _ = load_classifier(teacher_dir)
-        student = make_student(teacher, layers)
+        tokenizer, student = teacher.tokenizer, make_student(teacher.model, layers)
     epochs = epochs or recipe.training.epochs
     started = time.perf_counter()
     echo(f"soft targets: {teacher_id} on {len(data.train)} training rows")
-    teacher_logits = soft_targets(teacher_dir, data.train.texts, recipe.training.max_length)
+    teacher_logits = soft_targets(teacher, data.train.texts)
+    del teacher  # the student trains without it
     train_loss = _train_student(student, tokenizer, data.train, labels, teacher_logits, recipe.training, epochs, temperature, alpha)
     train_wall_s = round(time.perf_counter() - started, 1)
     with tempfile.TemporaryDirectory() as directory:
         student.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
-        if recipe.evaluation.oos_score in NEEDS_REFERENCE:
-            classifier = TextClassifier(directory, recipe.training.max_length)
-            classifier.fit_reference(data.train.texts, data.train.labels, recipe.evaluation.oos_label).save(Path(directory) / REFERENCE_FILE)
+        save_out_of_scope_reference(Path(directory), recipe, data)
         measured = {name: _measure_saved(Path(path), data.validation, labels, recipe) for name, path in (("teacher", teacher_dir), ("student", directory))}
         metrics, comparison = _side_by_side(measured, data.validation.texts, recipe.training.max_length, repeats)
         extra = {

@@ -453,3 +453,14 @@ def test_calibration_floor_takes_exactly_one_option(registry, recipe, capsys):
     with pytest.raises(SystemExit):
         main(["calibrate", "--model", "tiny:v1", "--min-oos-recall", "0.8", "--min-in-scope-accuracy", "0.9", "--storage", recipe.storage])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_run_without_pooled_outputs_gives_the_same_logits_in_row_order(registry):
+    """Length-sorted batches come back in the callers' order, whether or not pooled outputs are kept."""
+    classifier = TextClassifier(registry.fetch("tiny:v1"), 32)
+    texts = [f"{text} {'very ' * (n % 4)}" for n, text in enumerate(POSITIVE + NEGATIVE)]
+    full = classifier.run(texts, batch_size=3)
+    logits_only = classifier.run(texts, batch_size=3, pooled=False)
+    assert logits_only.pooled is None and full.pooled.shape[0] == len(texts)
+    np.testing.assert_allclose(logits_only.logits, full.logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits_only.logits, classifier.forward(texts).logits, rtol=1e-4, atol=1e-5)
