@@ -4,6 +4,8 @@ behind the ingress) and into the equivalent ``serve deploy`` config file.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -176,32 +178,43 @@ def specialist_params(config: OrchestraConfig, agent: AgentSettings, version: Ve
     return params
 
 
-def _bind_version(
-    config: OrchestraConfig, agent: AgentSettings, version: VersionSettings, storage_uri: str, peers: dict[str, dict[str, Application]]
+def deployment_version(*parts: Any) -> str:
+    """A deployment's version from the code and its constructor's arguments. On a redeploy,
+    Serve keeps the replicas of a deployment whose version is unchanged (new options are
+    applied to them in place) and replaces the rest; without a version, every deploy through
+    the Python API (a rollout's candidate, a test's app) replaces every replica."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def bind_agent_version(
+    config: OrchestraConfig, agent: AgentSettings, version: VersionSettings, storage_uri: str,
+    peers: dict[str, dict[str, Any]], code: str,
 ) -> Application:
+    """One agent version's deployment; ``peers`` are the handles (or bound deployments) of the
+    agents it uses, by name and version."""
     peer_traffic = {name: {"weights": {v.version: v.weight for v in config.agent(name).versions}, "sticky": False} for name in peers}
-    return AgentVersion.options(name=deployment_name(agent.name, version.version), **version_options(version)).bind(
-        agent.name,
-        version.version,
-        agent.version_kind(version),
-        specialist_params(config, agent, version, storage_uri),
-        version.resources.torch_threads,
-        version.batching.model_dump(),
-        peers,
-        peer_traffic,
+    args = (
+        agent.name, version.version, agent.version_kind(version), specialist_params(config, agent, version, storage_uri),
+        version.resources.torch_threads, version.batching.model_dump(),
     )
+    tag = deployment_version(code, *args, {name: sorted(versions) for name, versions in peers.items()}, peer_traffic)
+    options = {"name": deployment_name(agent.name, version.version), "version": tag, **version_options(version)}
+    return AgentVersion.options(**options, _internal=True).bind(*args, peers, peer_traffic)
 
 
 def build_application(config: OrchestraConfig, storage_uri: str) -> Application:
     config = pin_models(config, storage_uri)
+    code = code_version()
     served = [a for a in config.agents if not a.composite]
     agents: dict[str, dict[str, Application]] = {}
     # Agents that others use are bound first, so their handles can be passed in (config
     # validation keeps ``uses`` one level deep).
     for agent in sorted(served, key=lambda a: bool(a.uses)):
         peers = {name: agents[name] for name in agent.uses if name in agents}
-        agents[agent.name] = {v.version: _bind_version(config, agent, v, storage_uri, peers) for v in agent.versions}
-    return Ingress.options(name=INGRESS, **ingress_options(config)).bind(config_dict(config), storage_uri, agents)
+        agents[agent.name] = {v.version: bind_agent_version(config, agent, v, storage_uri, peers, code) for v in agent.versions}
+    settings = config_dict(config)
+    tag = deployment_version(code, settings, storage_uri, {name: sorted(versions) for name, versions in agents.items()})
+    return Ingress.options(name=INGRESS, version=tag, _internal=True, **ingress_options(config)).bind(settings, storage_uri, agents)
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -228,6 +241,9 @@ def _app_args(config: OrchestraConfig, config_path: str | Path, base_dir: str | 
     # args, so Serve rebuilds the app and restarts the replicas.
     args["code_version"] = code_version()
     args["models"] = pinned_models(config)
+    # So does an edited orchestra (a limit, a param, an agent): Serve rebuilds an application only
+    # when its args change, and would otherwise go on serving the old settings.
+    args["orchestra_sha256"] = hashlib.sha256(config.model_dump_json().encode()).hexdigest()
     return args
 
 

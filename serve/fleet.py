@@ -15,7 +15,8 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.config import AgentSettings, OrchestraConfig, VersionSettings
 from cluster.errors import Conflict, NotFound
-from serve.agent import AgentVersion, deployment_name
+from cluster.version import code_version
+from serve.agent import deployment_name
 
 logger = logging.getLogger(__name__)
 
@@ -77,26 +78,15 @@ class ServeFleet:
         return settings
 
     def _bind(self, agent: AgentSettings, version: str, model_ref: str):
-        from serve.builder import specialist_params, version_options
-
         from actors.specialists.registry import SPECIALISTS
+        from serve.builder import bind_agent_version
 
         template = template_version(agent)
         if "model" not in SPECIALISTS[agent.version_kind(template)].Params.model_fields:
             raise Conflict(f"agent {agent.name!r} (kind {agent.version_kind(template)!r}) takes no model, so it has no candidate to roll out")
         settings = template.model_copy(update={"version": version, "model": model_ref, "weight": 0, "if_missing": "fail"})
         peers = {name: {v.version: self._handle(name, v.version) for v in self.config.agent(name).versions} for name in agent.uses}
-        peer_traffic = {name: {"weights": {v.version: v.weight for v in self.config.agent(name).versions}, "sticky": False} for name in peers}
-        return AgentVersion.options(name=deployment_name(agent.name, version), **version_options(settings)).bind(
-            agent.name,
-            version,
-            agent.version_kind(settings),
-            specialist_params(self.config, agent, settings, self.storage_uri),
-            settings.resources.torch_threads,
-            settings.batching.model_dump(),
-            peers,
-            peer_traffic,
-        )
+        return bind_agent_version(self.config, agent, settings, self.storage_uri, peers, code_version())
 
     def _handle(self, agent: str, version: str) -> DeploymentHandle:
         return serve.get_deployment_handle(deployment_name(agent, version), app_name=self.app_name)

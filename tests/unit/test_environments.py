@@ -266,6 +266,22 @@ def test_serve_config_carries_the_environment_and_the_pinned_models(repo, monkey
     assert again["applications"][0]["args"]["models"] == {"mood/v2": "registry://sst:v2"}
 
 
+def test_an_edited_orchestra_changes_the_args_so_serve_rebuilds(repo):
+    """Serve rebuilds an application only when its args change: an edit of the orchestra file
+    that moves no alias and no code must still reach the replicas."""
+    from serve import builder
+
+    path = repo / "configs/orchestra.yaml"
+    first = builder.serve_config(path, repo)["applications"][0]["args"]
+    assert builder.serve_config(path, repo)["applications"][0]["args"] == first
+    edited = yaml.safe_load(path.read_text())
+    edited.setdefault("limits", {})["max_text_chars"] = 1234
+    path.write_text(yaml.safe_dump(edited))
+    second = builder.serve_config(path, repo)["applications"][0]["args"]
+    assert second["orchestra_sha256"] != first["orchestra_sha256"]
+    assert {k: v for k, v in second.items() if k != "orchestra_sha256"} == {k: v for k, v in first.items() if k != "orchestra_sha256"}
+
+
 def test_an_overlay_file_reaches_serve_as_an_absolute_path(repo, monkeypatch, tmp_path_factory):
     from serve import builder
 
@@ -303,3 +319,29 @@ def test_cli_serve_config_takes_env_or_baton_env(repo, monkeypatch):
         assert yaml.safe_load(result.stdout)["applications"][0]["args"]["environment"] == "prod"
     plain = serve_cli(["--config", "configs/orchestra.yaml"])
     assert "environment" not in yaml.safe_load(plain.stdout)["applications"][0]["args"]
+
+
+def test_a_redeploy_replaces_only_the_deployments_whose_arguments_changed(repo):
+    """Each deployment's version is a fingerprint of the code and its constructor's arguments:
+    Serve keeps the replicas of an unchanged version through a redeploy, so an ingress-only edit
+    replaces only the ingress, and an agent's new param only that agent's replicas."""
+    from serve import builder
+
+    storage = str(repo / "store")
+
+    def versions(config) -> dict[str, str]:
+        graph = builder.build_application(config, storage)
+        ingress = graph._bound_deployment
+        agents = {app._bound_deployment.name: app._bound_deployment._version for versions in ingress.init_args[2].values() for app in versions.values()}
+        return {builder.INGRESS: ingress._version, **agents}
+
+    config = load(repo / "configs/orchestra.yaml")
+    first = versions(config)
+    assert set(first) == {"Ingress", "mood.v1", "tone.v1"} and len(set(first.values())) == 3
+    assert versions(load(repo / "configs/orchestra.yaml")) == first
+    admission = config.ingress.admission.model_copy(update={"max_concurrent": 1})
+    stricter = config.model_copy(update={"ingress": config.ingress.model_copy(update={"admission": admission})})
+    assert {name for name, tag in versions(stricter).items() if tag != first[name]} == {"Ingress"}
+    tone = config.agent("tone").model_copy(update={"versions": [config.agent("tone").versions[0].model_copy(update={"params": {"neutral_threshold": 0.2}})]})
+    retuned = config.model_copy(update={"agents": [config.agent("mood"), tone]})
+    assert {name for name, tag in versions(retuned).items() if tag != first[name]} == {"Ingress", "tone.v1"}
