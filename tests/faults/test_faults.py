@@ -15,7 +15,7 @@ import pytest
 from tests.faults.fault_cluster import DWELL_S, REPORT_PREFIX
 from tests.integration.conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_cluster]
 
 # Service is back when every request sent after this long from a kill is answered 200.
 RECOVERY_S = 10.0

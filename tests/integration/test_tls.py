@@ -12,7 +12,7 @@ import pytest
 from tests.integration.conftest import REPO
 from tests.integration.tls_front_door import REPORT_PREFIX
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_cluster]
 
 
 def test_the_front_door_speaks_https_with_the_configured_certificate():

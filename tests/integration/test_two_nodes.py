@@ -13,7 +13,7 @@ import pytest
 from tests.integration.conftest import REPO
 from tests.integration.two_node_cluster import DATA_ROWS, REPORT_PREFIX
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_cluster]
 
 
 @pytest.fixture(scope="module")

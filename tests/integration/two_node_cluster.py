@@ -123,22 +123,31 @@ def main() -> int:
     cluster = Cluster(initialize_head=True, head_node_args=head)
     doomed = cluster.add_node(**node_args())
     api = f"http://127.0.0.1:{dashboard_port}"
-    report: dict = {}
+    report: dict = {"phase_s": {}}
+    phase_started = time.monotonic()
+
+    def phase_done(name: str) -> None:
+        # Where the test's minutes go, for whoever has to make it faster.
+        nonlocal phase_started
+        report["phase_s"][name] = round(time.monotonic() - phase_started, 1)
+        phase_started = time.monotonic()
+
     try:
         cluster.wait_for_nodes()
         wait_for("dashboard", lambda: local.dashboard_up(api), 60)
+        phase_done("cluster")
         config_path = os.path.join(workspace, "orchestra.yaml")
         with open(config_path, "w") as handle:
             yaml.safe_dump({**ORCHESTRA, "storage": storage_uri, "http": {"host": "127.0.0.1", "port": port}}, handle)
         os.chdir(REPO)  # the checkout is what gets uploaded
-        started = time.monotonic()
         deploy_and_wait(Path(config_path), None, 300, address=api)
-        report["deploy_s"] = round(time.monotonic() - started, 1)
+        phase_done("deploy")
         key, _ = KeyStore(Storage(storage_uri)).create("admin", "two-nodes")
         nodes_before = sorted(n["NodeID"] for n in ray_nodes(api))
         report.update(nodes=nodes_before, replica_nodes=alive_replicas(api), status=route(port, key), doomed=doomed.node_id)
         response = httpx.post(f"http://127.0.0.1:{port}/v1/route", json={"text": "I love this so much"}, headers={"Authorization": f"Bearer {key}"}, timeout=30)
         report["body"] = response.json()
+        phase_done("first_answers")
 
         recipe = write_recipe(workspace, storage_uri)
         job = local.run_job(f"python -m train.finetune --config {recipe}", {"BATON_STORAGE": storage_uri}, follow=False, address=api)
@@ -152,6 +161,7 @@ def main() -> int:
             return status.value if status in done else None
 
         report["job"] = wait_for("training job", finished, JOB_DEADLINE_S, 2)
+        phase_done("training_job")
         report["statuses_during_training"] = sorted(set(during))
         report["answered_during_training"] = len(during)
         if report["job"] != "SUCCEEDED":
@@ -167,6 +177,7 @@ def main() -> int:
         # separate machines never see.
         cluster.remove_node(doomed)
         replacement = cluster.add_node(**node_args())
+        phase_done("node_replaced")
         report["replacement"] = replacement.node_id
         survivors = {head_id(cluster), replacement.node_id}
 
@@ -175,11 +186,15 @@ def main() -> int:
             return nodes if len(nodes) == 2 and set(nodes) <= survivors else None
 
         report["replica_nodes_after"] = wait_for("replicas rescheduled", rescheduled, RECOVERY_DEADLINE_S)
+        phase_done("rescheduled")
         report["status_after"] = wait_for("route answers", lambda: route(port, key) == 200 and 200, 60)
+        phase_done("answers_after")
     finally:
         print(REPORT_PREFIX + json.dumps(report), flush=True)
         cluster.shutdown()
         time.sleep(1)
+        phase_done("shutdown")
+        print(f"phases (s): {json.dumps(report['phase_s'])}", file=sys.stderr, flush=True)
     return 0
 
 
