@@ -33,6 +33,10 @@ def ray_session():
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     # Point away from any `make up` cluster on this machine: tests own their instance.
     os.environ.pop("RAY_ADDRESS", None)
+    if ray.is_initialized():
+        # An earlier test connected this process to a Ray of its own (Serve's and Ray Data's
+        # calls start one when none is up): the session's instance takes its place.
+        ray.shutdown()
     context = ray.init(
         num_cpus=2,
         object_store_memory=256 * 1024 * 1024,

@@ -79,7 +79,8 @@ def test_shared_table_adopts_a_new_deploy_and_persists(tmp_path):
     actor = TrafficActor(str(tmp_path), agents, "deploy-a")
     actor.set_weights("sentiment", {"v1": 50, "v2": 50}, None)
     assert actor.adopt(agents, "deploy-a")["agents"]["sentiment"]["weights"] == {"v1": 50, "v2": 50}
-    restarted = TrafficActor(str(tmp_path), agents, "deploy-a")
+    # Which Serve apps run is given, as on a cluster, so this plain-Python test starts no Ray.
+    restarted = TrafficActor(str(tmp_path), agents, "deploy-a", running_apps=lambda: {"baton"})
     assert restarted.snapshot()["agents"]["sentiment"]["weights"] == {"v1": 50, "v2": 50}
     new = {**agents, "tiny": {"weights": {"v1": 100}, "sticky": False}}
     snapshot = restarted.adopt(new, "deploy-b")
