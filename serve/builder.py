@@ -186,6 +186,12 @@ def deployment_version(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _version_names(deployments: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Agents' version names: what a fingerprint keeps of the handles or bound deployments passed
+    to a constructor (their identity in memory differs on every build)."""
+    return {name: sorted(versions) for name, versions in deployments.items()}
+
+
 def bind_agent_version(
     config: OrchestraConfig, agent: AgentSettings, version: VersionSettings, storage_uri: str,
     peers: dict[str, dict[str, Any]], code: str,
@@ -197,7 +203,7 @@ def bind_agent_version(
         agent.name, version.version, agent.version_kind(version), specialist_params(config, agent, version, storage_uri),
         version.resources.torch_threads, version.batching.model_dump(),
     )
-    tag = deployment_version(code, *args, {name: sorted(versions) for name, versions in peers.items()}, peer_traffic)
+    tag = deployment_version(code, *args, _version_names(peers), peer_traffic)
     options = {"name": deployment_name(agent.name, version.version), "version": tag, **version_options(version)}
     return AgentVersion.options(**options, _internal=True).bind(*args, peers, peer_traffic)
 
@@ -213,7 +219,7 @@ def build_application(config: OrchestraConfig, storage_uri: str) -> Application:
         peers = {name: agents[name] for name in agent.uses if name in agents}
         agents[agent.name] = {v.version: bind_agent_version(config, agent, v, storage_uri, peers, code) for v in agent.versions}
     settings = config_dict(config)
-    tag = deployment_version(code, settings, storage_uri, {name: sorted(versions) for name, versions in agents.items()})
+    tag = deployment_version(code, settings, storage_uri, _version_names(agents))
     return Ingress.options(name=INGRESS, version=tag, _internal=True, **ingress_options(config)).bind(settings, storage_uri, agents)
 
 
