@@ -28,8 +28,8 @@ from cluster.registry import REF_SCHEME, Manifest, ModelRegistry
 from cluster.storage import Storage
 from train.data import DataError, Examples, PreparedData, load_dataset
 from train.finetune import (
-    PACKAGED_BASE, build_model, chunk_rows, label_array, resolve_base_model, row_chunks, run_epoch, save_out_of_scope_reference, seed_everything,
-    steps_per_epoch, training_batches,
+    PACKAGED_BASE, build_model, chunk_rows, label_array, progress_bar, resolve_base_model, row_chunks, run_epoch, save_out_of_scope_reference,
+    seed_everything, steps_per_epoch, training_batches,
 )
 from train.metrics import KEPT_METRIC, choose_oos_threshold, classification_metrics, confusion_matrix, mean_cross_entropy, oos_tradeoff
 from train.profile import reference_profile
@@ -105,10 +105,20 @@ def distillation_loss(
     return alpha * hard + (1 - alpha) * temperature**2 * soft
 
 
-def soft_targets(teacher: TextClassifier, texts: list[str]) -> np.ndarray:
+def soft_targets(teacher: TextClassifier, texts: list[str], echo: Echo = print, parts: int = 10) -> np.ndarray:
     """The teacher's logits for every row, computed once with the teacher's own tokenizer, so a
-    student with another tokenizer (another architecture) can learn from them."""
-    return teacher.run(texts, pooled=False).logits
+    student with another tokenizer (another architecture) can learn from them.
+
+    The rows go in ``parts`` slices with a progress line after each: a large teacher takes many
+    minutes over a large train split on CPU.
+    """
+    span = max(1, -(-len(texts) // parts))
+    started, logits = time.perf_counter(), []
+    for start in range(0, len(texts), span):
+        logits.append(teacher.run(texts[start : start + span], pooled=False).logits)
+        done = min(start + span, len(texts))
+        echo(f"soft targets {progress_bar(done / len(texts))} {done}/{len(texts)} rows, {done / (time.perf_counter() - started):.0f} rows/s")
+    return np.concatenate(logits)
 
 
 def _train_student(
@@ -267,7 +277,7 @@ def distill(
     epochs = epochs or recipe.training.epochs
     started = time.perf_counter()
     echo(f"soft targets: {teacher_id} on {len(data.train)} training rows")
-    teacher_logits = soft_targets(teacher, data.train.texts)
+    teacher_logits = soft_targets(teacher, data.train.texts, echo)
     del teacher  # the student trains without it
     train_loss = _train_student(student, tokenizer, data.train, labels, teacher_logits, recipe.training, epochs, temperature, alpha)
     train_wall_s = round(time.perf_counter() - started, 1)

@@ -33,6 +33,7 @@ from train.optimize import (
     make_student,
     measure_latency,
     quantize,
+    soft_targets,
 )
 from train.recipe import Recipe
 
@@ -464,3 +465,13 @@ def test_run_without_pooled_outputs_gives_the_same_logits_in_row_order(registry)
     assert logits_only.pooled is None and full.pooled.shape[0] == len(texts)
     np.testing.assert_allclose(logits_only.logits, full.logits, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(logits_only.logits, classifier.forward(texts).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_soft_targets_come_in_slices_with_progress_and_in_row_order(registry):
+    classifier = TextClassifier(registry.fetch("tiny:v1"), 32)
+    texts = [f"{text} {'very ' * (n % 4)}" for n, text in enumerate(POSITIVE + NEGATIVE)]
+    lines: list[str] = []
+    logits = soft_targets(classifier, texts, lines.append, parts=3)
+    np.testing.assert_allclose(logits, classifier.forward(texts).logits, rtol=1e-4, atol=1e-5)
+    assert len(lines) == 3 and lines[-1].startswith("soft targets [####################]")
+    assert f" {len(texts)}/{len(texts)} rows" in lines[-1]
